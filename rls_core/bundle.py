@@ -1,0 +1,273 @@
+"""The model bundle: one HDF5 file per model, read without unpickling anything.
+
+Layout (format version 1):
+  /                attrs: format="superresolve-rls-model", format_version, rls_version, created
+  /meta            attrs (JSON strings): generator (GeneratorConfig), channels (names),
+                   normalization (per channel {"low", "high"}), provenance
+  /generator/...   EMA generator weights and buffers, one dataset per state-dict key
+  /latent/...      latent statistics (LatentStats fields), written by `rls fit-prior`
+  /flow/...        MAF prior weights; attrs: config (JSON)
+
+Intensities: `normalization[c]` maps an image in full-scale units (raw / dtype max, the
+0..1 values CellProfiler hands to modules) to the generator's [0, 1] range by
+`(I - low) / (high - low)`; the generator's native [-1, 1] output is `2 * x - 1`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+FORMAT_NAME = "superresolve-rls-model"
+FORMAT_VERSION = 1
+PathLike = Union[str, Path]
+
+
+class BundleError(Exception):
+    """A model file that cannot be used; the message names the file, the problem and the fix."""
+
+    def __init__(self, path: PathLike, problem: str, fix: str = "") -> None:
+        self.path, self.problem, self.fix = str(path), problem, fix
+        msg = f"{path}: {problem}"
+        if fix:
+            msg += f". {fix}"
+        super().__init__(msg)
+
+
+@dataclass
+class ModelBundle:
+    """Everything a search needs about one trained prior (plain arrays, no torch objects)."""
+
+    generator_config: Dict[str, Any]
+    generator_state: Dict[str, np.ndarray]
+    channel_names: List[str]
+    normalization: List[Dict[str, float]]
+    latent: Optional[Dict[str, np.ndarray]] = None
+    flow_config: Optional[Dict[str, int]] = None
+    flow_state: Optional[Dict[str, np.ndarray]] = None
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else self.provenance.get("name", "unsaved-model")
+
+    @property
+    def has_prior(self) -> bool:
+        return self.latent is not None and self.flow_state is not None
+
+    # --- torch-side constructors (torch imported lazily so `rls info` stays light) ---
+    def build_generator(self, device: Any = "cpu"):
+        import torch
+        from .generator import Generator, GeneratorConfig
+
+        G = Generator(GeneratorConfig.from_dict(self.generator_config))
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in self.generator_state.items()}
+        try:
+            G.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BundleError(self.path or "<bundle>", f"generator weights do not match its config ({e})",
+                              "the file is damaged or was written by an incompatible tool") from None
+        return G.eval().requires_grad_(False).to(device)
+
+    def latent_stats(self):
+        from .priors import LatentStats
+
+        if self.latent is None:
+            raise BundleError(self.path or "<bundle>", "the model has no latent prior statistics",
+                              f"run `rls fit-prior {self.path}` first")
+        d = dict(self.latent)
+        n = int(d.pop("n_samples", np.array(0)))
+        return LatentStats(n_samples=n, **{k: np.asarray(v, dtype=np.float32) for k, v in d.items()})
+
+    def build_flow(self, device: Any = "cpu"):
+        import torch
+        from .flow import MAF
+
+        if self.flow_state is None or self.flow_config is None:
+            raise BundleError(self.path or "<bundle>", "the model has no flow prior",
+                              f"run `rls fit-prior {self.path}` first")
+        flow = MAF(**self.flow_config)
+        flow.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.flow_state.items()})
+        return flow.eval().requires_grad_(False).to(device)
+
+    @classmethod
+    def from_generator(cls, G, channel_names: List[str], normalization: Optional[List[Dict[str, float]]] = None,
+                       provenance: Optional[Dict[str, Any]] = None) -> "ModelBundle":
+        if len(channel_names) != G.cfg.img_channels:
+            raise ValueError(f"{len(channel_names)} channel names for a {G.cfg.img_channels}-channel generator")
+        norm = normalization or [{"low": 0.0, "high": 1.0} for _ in channel_names]
+        state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in G.state_dict().items()}
+        return cls(G.cfg.to_dict(), state, list(channel_names), norm, provenance=dict(provenance or {}))
+
+
+def _json_attr(group, key: str, path: PathLike) -> Any:
+    if key not in group.attrs:
+        raise BundleError(path, f"missing metadata '{key}'", "the file is incomplete; re-create or re-import it")
+    try:
+        return json.loads(group.attrs[key])
+    except (TypeError, ValueError):
+        raise BundleError(path, f"metadata '{key}' is not valid JSON", "the file is damaged") from None
+
+
+def _read_group(group) -> Dict[str, np.ndarray]:
+    out: Dict[str, np.ndarray] = {}
+
+    def visit(name, obj):
+        if hasattr(obj, "shape"):
+            out[name.replace("/", ".")] = np.asarray(obj[()])
+
+    group.visititems(visit)
+    return out
+
+
+def _write_group(h5, name: str, arrays: Dict[str, np.ndarray]) -> Any:
+    g = h5.create_group(name)
+    for key, value in arrays.items():
+        g.create_dataset(key.replace(".", "/"), data=np.asarray(value))
+    return g
+
+
+def save_bundle(bundle: ModelBundle, path: PathLike) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a model behind."""
+    import h5py
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["format"] = FORMAT_NAME
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["rls_version"] = __version__
+        h5.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta = h5.create_group("meta")
+        meta.attrs["generator"] = json.dumps(bundle.generator_config)
+        meta.attrs["channels"] = json.dumps(list(bundle.channel_names))
+        meta.attrs["normalization"] = json.dumps(bundle.normalization)
+        meta.attrs["provenance"] = json.dumps(bundle.provenance, default=str)
+        _write_group(h5, "generator", bundle.generator_state)
+        if bundle.latent is not None:
+            _write_group(h5, "latent", bundle.latent)
+        if bundle.flow_state is not None:
+            g = _write_group(h5, "flow", bundle.flow_state)
+            g.attrs["config"] = json.dumps(bundle.flow_config)
+    tmp.replace(path)
+    bundle.path = path
+    return path
+
+
+def load_bundle(path: PathLike) -> ModelBundle:
+    """Read and validate a bundle; every problem becomes a BundleError naming the file."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(path, "file not found", "give a path to a .h5 model bundle or a shipped model name (`rls models`)")
+    if path.is_dir():
+        raise BundleError(path, "is a folder, not a model file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head != b"\x89HDF\r\n\x1a\n":
+        hint = "use `rls import` to convert a StyleGAN2 checkpoint" if path.suffix in (".pt", ".pth", ".pkl") else \
+            "expected an HDF5 model bundle written by SuperResolveRLS"
+        raise BundleError(path, "not an HDF5 file", hint)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        raise BundleError(path, f"cannot be read as HDF5 (truncated or damaged: {e})",
+                          "copy or download the file again") from None
+    try:
+        with h5:
+            if h5.attrs.get("format") != FORMAT_NAME:
+                raise BundleError(path, "is an HDF5 file but not a SuperResolveRLS model bundle",
+                                  "expected the attribute format='superresolve-rls-model'")
+            version = int(h5.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise BundleError(path, f"was written by a newer SuperResolveRLS (bundle format {version}, "
+                                  f"this version reads up to {FORMAT_VERSION})", "upgrade superresolve-rls")
+            if version < 1:
+                raise BundleError(path, f"has an invalid format version {version}")
+            if "meta" not in h5 or "generator" not in h5:
+                raise BundleError(path, "is missing its 'meta' or 'generator' group", "the file is incomplete")
+            meta = h5["meta"]
+            bundle = ModelBundle(
+                generator_config=_json_attr(meta, "generator", path),
+                generator_state=_read_group(h5["generator"]),
+                channel_names=_json_attr(meta, "channels", path),
+                normalization=_json_attr(meta, "normalization", path),
+                provenance=_json_attr(meta, "provenance", path),
+                path=path,
+            )
+            if "latent" in h5:
+                bundle.latent = _read_group(h5["latent"])
+            if "flow" in h5:
+                bundle.flow_state = _read_group(h5["flow"])
+                bundle.flow_config = json.loads(h5["flow"].attrs["config"])
+    except BundleError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise BundleError(path, f"is damaged or truncated ({type(e).__name__}: {e})",
+                          "copy or download the file again") from None
+    _validate(bundle, path)
+    return bundle
+
+
+def _validate(bundle: ModelBundle, path: Path) -> None:
+    from .generator import GeneratorConfig
+
+    try:
+        cfg = GeneratorConfig.from_dict(bundle.generator_config)
+    except (TypeError, ValueError) as e:
+        raise BundleError(path, f"has an invalid generator config ({e})") from None
+    if len(bundle.channel_names) != cfg.img_channels:
+        raise BundleError(path, f"lists {len(bundle.channel_names)} channel names for a "
+                          f"{cfg.img_channels}-channel generator")
+    if len(bundle.normalization) != cfg.img_channels or not all(
+            {"low", "high"} <= set(n) and n["high"] > n["low"] for n in bundle.normalization):
+        raise BundleError(path, "has an invalid intensity normalization (need low < high per channel)")
+    for k, v in bundle.generator_state.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise BundleError(path, f"generator weight '{k}' contains NaN or infinite values",
+                              "the model diverged during training; use an earlier checkpoint")
+
+
+def bundle_summary(bundle: ModelBundle) -> str:
+    """Human-readable description for `rls info`."""
+    from .generator import GeneratorConfig
+
+    cfg = GeneratorConfig.from_dict(bundle.generator_config)
+    n_params = sum(int(np.asarray(v).size) for k, v in bundle.generator_state.items()
+                   if not k.endswith(("noise_const", "w_avg")))
+    lines = [
+        f"model        {bundle.name}  ({bundle.path})",
+        f"channels     {', '.join(bundle.channel_names)}",
+        f"resolution   {cfg.resolution} px HR tiles; LR tile {cfg.resolution // 16} px at 16x, {cfg.resolution // 32} px at 32x",
+        f"generator    z {cfg.z_dim}, w {cfg.w_dim}, mapping {cfg.mapping_layers} layers, "
+        f"channels {list(cfg.channels)}, {cfg.num_ws} W+ rows, {n_params / 1e6:.2f} M parameters",
+        "normalization " + "; ".join(f"{c}: [{n['low']:.4g}, {n['high']:.4g}]"
+                                      for c, n in zip(bundle.channel_names, bundle.normalization)),
+        f"latent prior {'fitted' if bundle.has_prior else 'MISSING (run `rls fit-prior`)'}"
+        + (f" (flow {bundle.flow_config}, {int(bundle.latent.get('n_samples', 0))} samples)" if bundle.has_prior else ""),
+    ]
+    if bundle.provenance:
+        lines.append("provenance")
+        for k, v in bundle.provenance.items():
+            lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
+
+
+def set_prior(bundle: ModelBundle, stats, flow) -> ModelBundle:
+    """Store fitted LatentStats and a MAF in the bundle (in memory; `save_bundle` to persist)."""
+    from dataclasses import asdict
+
+    latent = {k: np.asarray(v, dtype=np.float32) for k, v in asdict(stats).items() if k != "n_samples"}
+    latent["n_samples"] = np.asarray(int(stats.n_samples))
+    bundle.latent = latent
+    bundle.flow_config = dict(flow.config())
+    bundle.flow_state = {k: v.detach().cpu().numpy() for k, v in flow.state_dict().items()}
+    return bundle

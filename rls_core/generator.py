@@ -1,0 +1,333 @@
+"""StyleGAN2 generator in plain PyTorch (no custom CUDA/C++ ops: runs on CPU and GPU alike).
+
+Numerically this is StyleGAN2 as written in NVlabs/stylegan2-ada-pytorch and
+rosinality/stylegan2-pytorch (the two agree): equalised learning rate (weights stored
+unscaled, gains applied at run time), a mapping network with a 0.01 learning-rate
+multiplier, modulated/demodulated 3x3 convolutions, upsampling by a stride-2 transposed
+convolution followed by a [1,3,3,1] FIR filter, per-layer noise scaled by a learned
+strength and added before bias + leaky ReLU (x sqrt 2), optional activation clamping
+(``conv_clamp``), and a "skip" architecture that sums FIR-upsampled ToRGB outputs.
+
+Modulation is applied to activations instead of weights ("non-fused" modconv): the
+result is identical to grouped convolution up to float rounding and runs one ordinary
+convolution for the whole batch, which is what makes batched latent search fast on CPU.
+
+Layout (our own names; importers map other layouts onto it):
+  mapping.fc{i}.weight/bias, mapping.w_avg
+  synthesis.const, synthesis.b{res}.{conv0,conv1}.{weight,bias,affine.weight,
+  affine.bias,noise_strength,noise_const}, synthesis.b{res}.torgb.{weight,bias,affine.*}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SQRT2 = math.sqrt(2.0)
+NOISE_MODES = ("const", "random", "none")
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild a generator; stored as JSON in model bundles."""
+
+    resolution: int = 128
+    img_channels: int = 2
+    z_dim: int = 128
+    w_dim: int = 128
+    mapping_layers: int = 4
+    # Feature channels per resolution, from 4x4 up to `resolution` (log2(res) - 1 entries).
+    channels: Tuple[int, ...] = (96, 96, 64, 32, 16, 8)
+    mapping_lr_mul: float = 0.01
+    conv_clamp: Optional[float] = None
+    blur_kernel: Tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.blur_kernel = tuple(float(k) for k in self.blur_kernel)
+        log2 = math.log2(self.resolution) if self.resolution > 0 else -1
+        if not (log2 == int(log2) and 32 <= self.resolution <= 1024):
+            raise ValueError(
+                f"resolution must be a power of two between 32 and 1024, got {self.resolution}")
+        if len(self.channels) != int(log2) - 1:
+            raise ValueError(
+                f"channels needs one entry per resolution 4..{self.resolution} "
+                f"({int(log2) - 1} entries), got {len(self.channels)}")
+        if not 1 <= self.img_channels <= 4:
+            raise ValueError(f"img_channels must be 1..4, got {self.img_channels}")
+
+    @property
+    def num_ws(self) -> int:
+        """Number of W+ rows: two per resolution, minus two (4x4 has one conv)."""
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    @property
+    def resolutions(self) -> List[int]:
+        return [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "GeneratorConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown generator config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, resolution: int = 128, img_channels: int = 2) -> "GeneratorConfig":
+        """Named sizes: 'cpu' (~0.5 M parameters, fast search on 2 cores), 'tiny' (tests),
+        'paper' (the authors' 128-px, 512-d, channel-multiplier-2 StyleGAN2)."""
+        n = int(math.log2(resolution)) - 1
+        if name == "paper":
+            table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64, 1024: 32}
+            ch = tuple(table[2 ** (i + 2)] for i in range(n))
+            return cls(resolution, img_channels, 512, 512, 8, ch)
+        if name == "cpu":
+            table = {4: 96, 8: 96, 16: 64, 32: 32, 64: 16, 128: 8, 256: 8, 512: 8, 1024: 8}
+            ch = tuple(table[2 ** (i + 2)] for i in range(n))
+            return cls(resolution, img_channels, 128, 128, 4, ch)
+        if name == "tiny":
+            ch = tuple(max(4, 32 >> i) for i in range(n))
+            return cls(resolution, img_channels, 32, 32, 2, ch)
+        raise ValueError(f"unknown generator preset {name!r}; choose cpu, tiny or paper")
+
+
+# ----------------------------------------------------------------------------- ops
+
+def _fir_kernel(taps: Sequence[float]) -> torch.Tensor:
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = torch.outer(k, k)
+    return k / k.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, pad: Tuple[int, int, int, int] = (0, 0, 0, 0),
+              gain: float = 1.0) -> torch.Tensor:
+    """Upsample by zero insertion, pad (x0, x1, y0, y1), then true 2-D convolution with `f`."""
+    b, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(b, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(b, c, h * up, w * up)
+    x = F.pad(x, list(pad))
+    weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *f.shape)
+    return F.conv2d(x, weight, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """2x FIR upsampling with unit DC gain (the skip path of ToRGB outputs)."""
+    fw = f.shape[-1]
+    p0, p1 = (fw + 1) // 2, (fw - 2) // 2
+    return upfirdn2d(x, f, up=2, pad=(p0, p1, p0, p1), gain=4.0)
+
+
+# ----------------------------------------------------------------------------- layers
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalised learning rate (StyleGAN convention)."""
+
+    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
+        if self.activation:
+            x = F.leaky_relu(x, 0.2) * SQRT2
+        return x
+
+
+class MappingNetwork(nn.Module):
+    """z -> w: 2nd-moment normalisation then `mapping_layers` leaky-ReLU FC layers."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim = cfg.z_dim, cfg.w_dim
+        dims = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
+        for i in range(cfg.mapping_layers):
+            setattr(self, f"fc{i}", EqualLinear(dims[i], dims[i + 1], lr_mul=cfg.mapping_lr_mul, activation=True))
+        self.num_layers = cfg.mapping_layers
+        # Mean w: filled by fit-prior or an importer; used for truncation and search starts.
+        self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        if truncation_psi != 1.0:
+            x = self.w_avg.lerp(x, truncation_psi)
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (+ optional 2x upsampling), noise, bias, leaky ReLU, clamp."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool,
+                 blur: torch.Tensor, conv_clamp: Optional[float]) -> None:
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.register_buffer("resample_filter", blur.clone(), persistent=False)
+        self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
+        self.weight_gain = 1.0 / math.sqrt(in_ch * 9)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        styles = self.affine(w)  # (B, in)
+        weight = self.weight * self.weight_gain
+        dcoefs = ((weight[None] * styles[:, None, :, None, None]).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        x = x * styles[:, :, None, None]
+        if self.up:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4.0)
+        else:
+            x = F.conv2d(x, weight, padding=1)
+        x = x * dcoefs[:, :, None, None]
+        if noise is None:
+            if noise_mode == "const":
+                noise = self.noise_const[None, None]
+            elif noise_mode == "random":
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+        if noise is not None:
+            x = x + noise * self.noise_strength
+        x = F.leaky_relu(x + self.bias[None, :, None, None], 0.2) * SQRT2
+        if self.conv_clamp is not None:
+            c = self.conv_clamp * SQRT2
+            x = x.clamp(-c, c)
+        return x
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv without demodulation, as in StyleGAN2's skip generator."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, conv_clamp: Optional[float]) -> None:
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.weight_gain = 1.0 / math.sqrt(in_ch)
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = F.conv2d(x * styles[:, :, None, None], self.weight) + self.bias[None, :, None, None]
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp, self.conv_clamp)
+        return x
+
+
+class SynthesisBlock(nn.Module):
+    def __init__(self, cfg: GeneratorConfig, res: int, in_ch: int, out_ch: int, blur: torch.Tensor) -> None:
+        super().__init__()
+        self.res = res
+        if res == 4:
+            self.conv0 = None
+        else:
+            self.conv0 = SynthesisLayer(in_ch, out_ch, cfg.w_dim, res, True, blur, cfg.conv_clamp)
+        self.conv1 = SynthesisLayer(out_ch, out_ch, cfg.w_dim, res, False, blur, cfg.conv_clamp)
+        self.torgb = ToRGB(out_ch, cfg.img_channels, cfg.w_dim, cfg.conv_clamp)
+        self.num_conv = 1 if res == 4 else 2
+
+
+class SynthesisNetwork(nn.Module):
+    """W+ (B, num_ws, w_dim) -> image (B, img_channels, R, R) in roughly [-1, 1]."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        blur = _fir_kernel(cfg.blur_kernel)
+        self.register_buffer("resample_filter", blur, persistent=False)
+        self.const = nn.Parameter(torch.randn(cfg.channels[0], 4, 4))
+        self.block_resolutions = cfg.resolutions
+        for i, res in enumerate(self.block_resolutions):
+            in_ch = cfg.channels[max(i - 1, 0)]
+            setattr(self, f"b{res}", SynthesisBlock(cfg, res, in_ch, cfg.channels[i], blur))
+        self.num_ws = cfg.num_ws
+
+    def layers(self) -> List[SynthesisLayer]:
+        """Noise-carrying layers in W+ order (the order of `noise` lists)."""
+        out: List[SynthesisLayer] = []
+        for res in self.block_resolutions:
+            blk = getattr(self, f"b{res}")
+            if blk.conv0 is not None:
+                out.append(blk.conv0)
+            out.append(blk.conv1)
+        return out
+
+    def noise_shapes(self) -> List[Tuple[int, int]]:
+        return [(layer.resolution, layer.resolution) for layer in self.layers()]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                noise: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """`noise`: optional list (one per layer, see `layers()`) of tensors broadcastable to
+        (B, 1, r, r); entries that are None fall back to `noise_mode`."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws:
+            raise ValueError(f"expected W+ of shape (B, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1)
+        img = None
+        w_idx, n_idx = 0, 0
+        for res in self.block_resolutions:
+            blk = getattr(self, f"b{res}")
+            for layer in (blk.conv0, blk.conv1):
+                if layer is None:
+                    continue
+                nz = noise[n_idx] if noise is not None else None
+                x = layer(x, ws[:, w_idx], noise_mode, nz)
+                w_idx += 1
+                n_idx += 1
+            y = blk.torgb(x, ws[:, w_idx])
+            img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return img
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: `mapping` (z -> w) and `synthesis` (W+ -> image) exposed separately."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mapping = MappingNetwork(cfg)
+        self.synthesis = SynthesisNetwork(cfg)
+        self.num_ws = cfg.num_ws
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
+        w = self.mapping(z, truncation_psi)
+        return self.synthesis(w[:, None].expand(-1, self.num_ws, -1), noise_mode=noise_mode)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def estimate_w_avg(self, n: int = 10000, seed: int = 0, batch: int = 4096) -> torch.Tensor:
+        """Mean of mapped samples; stored in `mapping.w_avg`."""
+        g = torch.Generator().manual_seed(seed)
+        dev = self.w_avg.device
+        total = torch.zeros(self.cfg.w_dim, dtype=torch.float64)
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            z = torch.randn(k, self.cfg.z_dim, generator=g).to(dev)
+            total += self.mapping(z).double().sum(0).cpu()
+            done += k
+        self.mapping.w_avg.copy_((total / n).to(self.w_avg.dtype))
+        return self.mapping.w_avg
