@@ -1,0 +1,184 @@
+"""The shared, batched latent-search loop.
+
+A method only says how it parameterises the latent (`init_params`, `w_plus`, `noise`,
+`project`) and which loss terms it adds (`loss_terms`); this loop does the rest:
+Adam, the learning-rate schedule, per-tile best-iterate tracking, LR-consistency and
+convergence flags. Every tile's loss is summed before `backward`, and Adam is
+element-wise, so a batch of tiles is exactly a set of independent searches run at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..model import LoadedModel
+from ..operators import Operator
+
+Params = Dict[str, torch.Tensor]
+
+
+def lr_schedule(kind: str, steps: int) -> Callable[[int], float]:
+    """Multipliers of the base learning rate per step.
+
+    'onecycle': 0.1 -> 1 -> 0.1 linearly over the first 90% of the steps, then down to
+    0.001 (the PULSE/RLS schedule). 'rampdown': 5% warm-up, cosine decay over the last 25%
+    (StyleGAN2's projector, used by BRGM). 'constant'.
+    """
+    if kind == "constant":
+        return lambda s: 1.0
+    if kind == "onecycle":
+        peak = 0.9 * steps
+
+        def f(s: int) -> float:
+            if s < peak:
+                return (9.0 * (1.0 - abs(s / peak - 0.5) * 2.0) + 1.0) / 10.0
+            return 0.1 + (s - peak) / max(steps - peak, 1e-9) * (0.001 - 0.1)
+        return f
+    if kind == "rampdown":
+        def g(s: int) -> float:
+            t = s / max(steps, 1)
+            down = 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / 0.25) * math.pi)
+            return down * min(1.0, t / 0.05 + 1e-3)
+        return g
+    raise ValueError(f"unknown schedule {kind!r}; choose onecycle, rampdown or constant")
+
+
+@dataclass
+class SearchResult:
+    """Best iterate per tile. Images are in the generator's [0, 1] range, clipped."""
+
+    images: torch.Tensor          # (B, C, H, W)
+    w_plus: torch.Tensor          # (B, L, D)
+    lr_l1: torch.Tensor           # (B,) mean |D(x) - y| at the best iterate
+    lr_psnr: torch.Tensor         # (B,) PSNR of D(x) against y (data range 1)
+    converged: torch.Tensor       # (B,) bool: lr_l1 <= threshold
+    loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))  # mean total loss per step
+    noise: Optional[List[torch.Tensor]] = None
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR in dB for data in [0, 1]."""
+    mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-12)
+    return -10.0 * torch.log10(mse)
+
+
+class LatentSearch:
+    """Base class of the searches. Subclasses set `name`, defaults and the hooks below."""
+
+    name = "base"
+    description = ""
+    default_steps = 500
+    default_lr = 0.5
+    schedule = "onecycle"
+    #: loss weights with their defaults; every one is a user parameter
+    defaults: Dict[str, float] = {}
+    #: the weights that the fidelity-vs-realism knob scales
+    prior_weights: tuple = ()
+    needs_prior = False
+
+    def __init__(self, model: LoadedModel, operator: Operator, realism: float = 1.0,
+                 start_spread: float = 0.0, **weights: float) -> None:
+        unknown = set(weights) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no weight(s) {sorted(unknown)}; "
+                             f"its weights are {sorted(self.defaults)}")
+        if realism < 0:
+            raise ValueError(f"realism must be >= 0 (0 = no prior, 1 = paper defaults), got {realism}")
+        self.model, self.operator = model, operator
+        self.w = dict(self.defaults)
+        self.w.update({k: float(v) for k, v in weights.items()})
+        for k in self.prior_weights:
+            self.w[k] *= realism
+        self.start_spread = float(start_spread)
+        if self.needs_prior and any(self.w[k] > 0 for k in self.prior_weights):
+            model.require_prior(self.name)
+
+    # ----- hooks -----
+    def starts(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Initial w per tile: the mean w, or `w_mean + spread * (map(z) - w_mean)` for diversity."""
+        w_mean = self.model.w_mean.detach()
+        start = w_mean.expand(n, -1).clone()
+        if self.start_spread > 0:
+            start = start + self.start_spread * (self.model.sample_w(n, gen) - w_mean)
+        return start
+
+    def init_params(self, n: int, gen: torch.Generator) -> Params:
+        raise NotImplementedError
+
+    def w_plus(self, p: Params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def noise(self, p: Params) -> Optional[List[torch.Tensor]]:
+        return p.get("_noise")  # type: ignore[return-value]
+
+    def loss_terms(self, p: Params, w_plus: torch.Tensor, x_lr: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self, p: Params, lr: float) -> List[dict]:
+        return [{"params": [v for k, v in p.items() if not k.startswith("_")], "lr": lr}]
+
+    def project(self, p: Params) -> None:
+        """Constraint after each optimiser step (e.g. PULSE's spheres)."""
+
+    # ----- the loop -----
+    def run(self, y: torch.Tensor, steps: Optional[int] = None, lr: Optional[float] = None, seed: int = 0,
+            converge_l1: float = 0.03, callback: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+        """Search for every LR tile in `y` (B, C, h, w), values in the generator's [0, 1] range."""
+        model = self.model
+        steps = int(self.default_steps if steps is None else steps)
+        lr = float(self.default_lr if lr is None else lr)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        y = y.to(model.device, torch.float32)
+        n = y.shape[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        p = self.init_params(n, gen)
+        opt = torch.optim.Adam(self.param_groups(p, lr))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.schedule, steps))
+
+        best_loss = torch.full((n,), float("inf"), device=model.device)
+        best_w = best_img = best_l1 = None
+        history = np.zeros(steps, dtype=np.float64)
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            w_plus = self.w_plus(p)
+            x = model.render(w_plus, self.noise(p))
+            x_lr = self.operator(x)
+            terms = self.loss_terms(p, w_plus, x_lr, y)
+            loss = torch.stack(list(terms.values())).sum(0)  # (B,)
+            with torch.no_grad():
+                l1 = (x_lr - y).abs().flatten(1).mean(1)
+                if best_w is None:
+                    best_w, best_img, best_l1 = w_plus.detach().clone(), x.detach().clone(), l1.clone()
+                better = loss.detach() < best_loss
+                best_loss = torch.where(better, loss.detach(), best_loss)
+                best_w[better] = w_plus.detach()[better]
+                best_img[better] = x.detach()[better]
+                best_l1[better] = l1[better]
+            history[step] = float(loss.detach().mean())
+            loss.sum().backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                self.project(p)
+            if callback is not None:
+                callback(step + 1, steps)
+        images = best_img.clamp(0.0, 1.0)
+        with torch.no_grad():
+            lr_psnr = psnr(self.operator(images), y)
+        noise = self.noise(p)
+        return SearchResult(images=images, w_plus=best_w, lr_l1=best_l1, lr_psnr=lr_psnr,
+                            converged=best_l1 <= converge_l1, loss_history=history,
+                            noise=[t.detach() for t in noise] if noise is not None else None)
+
+
+def l1_per_tile(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().flatten(1).mean(1)
+
+
+def mse_per_tile(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).square().flatten(1).mean(1)

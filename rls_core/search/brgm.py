@@ -1,0 +1,53 @@
+"""BRGM (Marinescu et al. 2021): Bayesian reconstruction through generative models.
+
+W+ from w_avg, fixed noise. Loss: lambda_pix * MSE(D(G(w)), y)
++ lambda_w * mean(((w - w_avg) / sigma)^2) + lambda_c * sum_{i<j} |1 - cos(w_i, w_j)|,
+where sigma is the RMS distance of mapped w to their mean. BRGM's perceptual (LPIPS-VGG)
+term needs pretrained VGG weights, which cannot be downloaded here, so it is left out;
+lambda_pix = 65.025 is BRGM's 0.001 on 0..255 images expressed on 0..1 images.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..priors import cross_cosine
+from .base import LatentSearch, Params, mse_per_tile
+
+
+class BRGM(LatentSearch):
+    name = "brgm"
+    description = "BRGM: Gaussian prior around w_avg + cosine cross-layer prior (no LPIPS term offline)"
+    default_steps = 500
+    default_lr = 0.1
+    schedule = "rampdown"
+    defaults = {"lambda_pix": 65.025, "lambda_w": 100.0, "lambda_c": 0.1}
+    prior_weights = ("lambda_w", "lambda_c")
+    needs_prior = True
+
+    def __init__(self, model, operator, realism: float = 1.0, start_spread: float = 0.0, **weights) -> None:
+        if "lambda_c" not in weights and operator.factor > 16:
+            weights = dict(weights, lambda_c=1.0)  # BRGM's setting above 16x
+        super().__init__(model, operator, realism, start_spread, **weights)
+        if model.bundle.latent is not None:
+            self._sigma = float(model.stat("w_std").square().sum().sqrt())
+        else:
+            self._sigma = 1.0
+
+    def init_params(self, n: int, gen: torch.Generator) -> Params:
+        start = self.starts(n, gen)
+        w_plus = start[:, None, :].repeat(1, self.model.num_ws, 1).requires_grad_(True)
+        return {"w_plus": w_plus, "_noise": self.model.random_noise(n, gen)}  # type: ignore[dict-item]
+
+    def w_plus(self, p: Params) -> torch.Tensor:
+        return p["w_plus"]
+
+    def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
+        terms = {"fidelity": self.w["lambda_pix"] * mse_per_tile(x_lr, y)}
+        if self.w["lambda_w"] > 0:
+            d = (w_plus - self.model.w_mean) / self._sigma
+            terms["p_w"] = self.w["lambda_w"] * d.square().flatten(1).mean(1)
+        if self.w["lambda_c"] > 0:
+            terms["p_cross"] = self.w["lambda_c"] * cross_cosine(w_plus)
+        return terms

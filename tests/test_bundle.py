@@ -1,0 +1,109 @@
+"""Model bundle round trip and every bad-file error (each must name the file and the problem)."""
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from rls_core.bundle import BundleError, FORMAT_VERSION, load_bundle, save_bundle, bundle_summary
+from rls_core.registry import resolve_model
+
+
+def test_round_trip(tiny_model_path, tmp_path):
+    b = load_bundle(tiny_model_path)
+    assert b.channel_names == ["DNA", "NFkB"] and b.has_prior
+    G = b.build_generator()
+    out = save_bundle(b, tmp_path / "copy.h5")
+    b2 = load_bundle(out)
+    G2 = b2.build_generator()
+    z = torch.randn(2, G.cfg.z_dim)
+    assert torch.equal(G(z), G2(z))
+    assert b2.provenance == b.provenance
+    for k in b.latent:
+        np.testing.assert_array_equal(b.latent[k], b2.latent[k])
+    f1, f2 = b.build_flow(), b2.build_flow()
+    x = torch.randn(5, G.cfg.w_dim)
+    assert torch.equal(f1.log_prob(x), f2.log_prob(x))
+    assert "DNA, NFkB" in bundle_summary(b2)
+
+
+def _copy(src, dst):
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope.h5")
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "model.pt"
+    with open(p, "wb") as fh:
+        pickle.dump({"g_ema": 1}, fh)
+    with pytest.raises(BundleError, match=r"model\.pt: not an HDF5 file.*rls import"):
+        load_bundle(p)
+
+
+def test_truncated(tiny_model_path, tmp_path):
+    data = tiny_model_path.read_bytes()
+    p = tmp_path / "cut.h5"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match=r"cut\.h5: .*(truncated|damaged)"):
+        load_bundle(p)
+
+
+def test_other_hdf5(tmp_path):
+    p = tmp_path / "other.h5"
+    with h5py.File(p, "w") as h5:
+        h5["x"] = np.zeros(3)
+    with pytest.raises(BundleError, match="not a SuperResolveRLS model bundle"):
+        load_bundle(p)
+
+
+def test_future_version(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "future.h5")
+    with h5py.File(p, "a") as h5:
+        h5.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(BundleError, match="newer SuperResolveRLS.*upgrade"):
+        load_bundle(p)
+
+
+def test_missing_weight(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "broken.h5")
+    with h5py.File(p, "a") as h5:
+        del h5["generator/synthesis/const"]
+    b = load_bundle(p)
+    with pytest.raises(BundleError, match=r"broken\.h5: generator weights do not match"):
+        b.build_generator()
+
+
+def test_nan_weights(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "nan.h5")
+    with h5py.File(p, "a") as h5:
+        d = h5["generator/synthesis/const"]
+        d[0, 0, 0] = np.nan
+    with pytest.raises(BundleError, match="NaN"):
+        load_bundle(p)
+
+
+def test_channel_mismatch(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "chan.h5")
+    with h5py.File(p, "a") as h5:
+        h5["meta"].attrs["channels"] = '["DNA"]'
+    with pytest.raises(BundleError, match="1 channel names for a 2-channel"):
+        load_bundle(p)
+
+
+def test_no_prior(tmp_path):
+    from conftest import make_tiny_bundle
+    p = make_tiny_bundle(tmp_path / "bare.h5", with_prior=False)
+    b = load_bundle(p)
+    with pytest.raises(BundleError, match="fit-prior"):
+        b.latent_stats()
+
+
+def test_resolve_unknown_name():
+    with pytest.raises(BundleError, match="shipped model"):
+        resolve_model("no-such-model")

@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+from rls_core.generator import Generator, GeneratorConfig, upfirdn2d, upsample2d, _fir_kernel
+
+
+@pytest.mark.parametrize("res,ch", [(32, 1), (64, 2), (128, 4)])
+def test_shapes_and_dtypes(res, ch):
+    G = Generator(GeneratorConfig.preset("tiny", res, ch)).eval()
+    z = torch.randn(3, G.cfg.z_dim)
+    w = G.mapping(z)
+    assert w.shape == (3, G.cfg.w_dim) and w.dtype == torch.float32
+    ws = w[:, None].repeat(1, G.num_ws, 1)
+    assert G.num_ws == 2 * int(math.log2(res)) - 2
+    img = G.synthesis(ws)
+    assert img.shape == (3, ch, res, res) and img.dtype == torch.float32
+    assert len(G.synthesis.noise_shapes()) == G.num_ws - 1
+
+
+def test_presets_sizes():
+    cpu = Generator(GeneratorConfig.preset("cpu", 128, 2))
+    assert 0.3e6 < cpu.num_params() < 0.8e6  # the CPU-sized prior
+    paper = GeneratorConfig.preset("paper", 128, 3)
+    assert paper.w_dim == 512 and paper.channels[-1] == 256 and paper.mapping_layers == 8
+
+
+def test_noise_modes_and_determinism():
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig.preset("tiny", 32, 2)).eval()
+    with torch.no_grad():
+        for layer in G.synthesis.layers():
+            layer.noise_strength.fill_(0.5)
+        z = torch.randn(2, G.cfg.z_dim)
+        a, b = G(z), G(z)
+        assert torch.equal(a, b)  # 'const' noise is deterministic
+        r1, r2 = G(z, noise_mode="random"), G(z, noise_mode="random")
+        assert not torch.equal(r1, r2)
+        n = G(z, noise_mode="none")
+        assert not torch.equal(a, n)
+        # explicit noise list overrides the mode
+        ws = G.mapping(z)[:, None].repeat(1, G.num_ws, 1)
+        zeros = [torch.zeros(1, 1, h, w) for h, w in G.synthesis.noise_shapes()]
+        assert torch.allclose(G.synthesis(ws, noise=zeros), G.synthesis(ws, noise_mode="none"))
+
+
+def test_truncation_pulls_to_w_avg():
+    G = Generator(GeneratorConfig.preset("tiny", 32, 1)).eval()
+    G.estimate_w_avg(2000)
+    z = torch.randn(4, G.cfg.z_dim)
+    w = G.mapping(z)
+    w0 = G.mapping(z, truncation_psi=0.0)
+    assert torch.allclose(w0, G.w_avg.expand_as(w0))
+    wh = G.mapping(z, truncation_psi=0.5)
+    assert torch.allclose(wh, 0.5 * (w + G.w_avg), atol=1e-6)
+
+
+def test_fir_upsample_preserves_constant():
+    f = _fir_kernel((1, 3, 3, 1))
+    x = torch.full((1, 2, 8, 8), 3.0)
+    up = upsample2d(x, f)
+    assert up.shape == (1, 2, 16, 16)
+    assert torch.allclose(up[..., 2:-2, 2:-2], torch.full_like(up[..., 2:-2, 2:-2], 3.0))
+    # upfirdn2d with a delta filter is the identity
+    delta = torch.zeros(3, 3); delta[1, 1] = 1
+    y = torch.randn(1, 1, 5, 5)
+    assert torch.allclose(upfirdn2d(y, delta, pad=(1, 1, 1, 1)), y)
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="power of two"):
+        GeneratorConfig(resolution=100)
+    with pytest.raises(ValueError, match="entries"):
+        GeneratorConfig(resolution=64, channels=(8, 8))
+    with pytest.raises(ValueError, match="img_channels"):
+        GeneratorConfig(resolution=32, img_channels=5, channels=(8, 8, 8, 8))
+    with pytest.raises(ValueError, match="preset"):
+        GeneratorConfig.preset("huge")
+    G = Generator(GeneratorConfig.preset("tiny", 32, 1))
+    with pytest.raises(ValueError, match="W\\+"):
+        G.synthesis(torch.zeros(1, 3, G.cfg.w_dim))
+    with pytest.raises(ValueError, match="noise_mode"):
+        G.synthesis(torch.zeros(1, G.num_ws, G.cfg.w_dim), noise_mode="loud")
