@@ -174,8 +174,9 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     G = bundle.build_generator(dev)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        G.estimate_w_avg(n=min(args.samples, 100_000), seed=args.seed)
+    if not bool(G.mapping.w_avg.abs().sum() > 0):  # keep an imported model's own w_avg
+        with torch.no_grad():
+            G.estimate_w_avg(n=min(args.samples, 100_000), seed=args.seed)
     stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=args.samples, flow_blocks=args.flow_blocks,
                             flow_hidden=args.flow_hidden, flow_epochs=args.flow_epochs, seed=args.seed,
                             device=dev, progress=True)

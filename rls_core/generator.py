@@ -205,9 +205,8 @@ class SynthesisLayer(nn.Module):
         if noise is not None:
             x = x + noise * self.noise_strength
         x = F.leaky_relu(x + self.bias[None, :, None, None], 0.2) * SQRT2
-        if self.conv_clamp is not None:
-            c = self.conv_clamp * SQRT2
-            x = x.clamp(-c, c)
+        if self.conv_clamp is not None:  # after the gain, at +-conv_clamp (as NVlabs' bias_act)
+            x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
 
 
