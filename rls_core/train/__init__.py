@@ -1,0 +1,15 @@
+"""`rls train`: StyleGAN2 training on HR microscopy fields, ending in a model bundle.
+
+Heavy imports (torch) happen when the submodules are used, so importing the package is cheap.
+"""
+from __future__ import annotations
+
+__all__ = ["TrainConfig", "TrainError", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(name)

@@ -1,0 +1,190 @@
+"""`rls train`: command-line front end of rls_core.train.loop (argument parsing only)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+DESCRIPTION = """\
+Train a StyleGAN2 generator on high-resolution fields of one assay, then fit its latent
+prior and write the model bundle OUTDIR/<name>.h5 that `rls sr` searches. No LR/HR pairs
+are needed: only HR images. Random --resolution crops are drawn from every field (with
+flips and 90-degree rotations); intensities are normalised per channel between the 0.1th
+and 99.9th percentiles of the training fields, and that normalisation is stored in the
+bundle so search inputs are scaled the same way.
+
+Folder layouts: one single-channel image per channel named <field>_<channel>.tif (as
+written by `rls simulate`: translocation_DMSO_B02_s1_DNA.tif + ..._NFkB.tif), selected
+with --channels; or one multi-channel TIFF per field (CYX or YXC). *_labels.tif,
+*_nuclei.tif, *_cells.tif and non-image files are ignored.
+"""
+
+EPILOG = """\
+example (the shipped 'translocation' model; two channels, 128 px, CPU, ~90 min):
+  rls simulate --assay translocation --fields 24 --seed 1 -o data/translocation
+  rls train data/translocation -o runs/translocation --name translocation \\
+      --channels DNA,NFkB --resolution 128 --preset cpu --iters 4000 --batch 16 \\
+      --seed 0 --threads 1 --time-limit 82 --finish-at-limit
+  # to train further later (same model settings come from the checkpoint):
+  rls train data/translocation -o runs/translocation --name translocation \\
+      --iters 8000 --threads 1 --time-limit 82 --finish-at-limit --resume
+
+how long it takes (measured on this project's 2-core CPU machine, torch 2.13, cpu preset,
+128 px, 2 channels, batch 16, R1 every 16 iterations included):
+  idle machine, --threads 2: {t2:.2f} s/iteration (~{ph2:.0f} iterations per hour)
+  idle machine, --threads 1: {t1:.2f} s/iteration
+  two runs side by side, --threads 1 each: {tp:.2f} s/iteration each (~{php:.0f}/hour each)
+  other jobs competing: ~1.9 s/iteration with 1 thread; 2 threads can then be several
+  times slower than 1, so use --threads 1 on a shared machine.
+  --pl-weight 2 adds ~5-10%. The end of a run (w_avg, 100k mapped samples, 20 flow
+  epochs) takes ~3-5 minutes on 1 thread. Budget of ~90 min per model with two models
+  in parallel: --iters 4000 (64 kimg, ~75 min) --time-limit 82 --finish-at-limit.
+  GPU: not measured here; expect roughly 20-50x faster per iteration for the cpu preset
+  (too small to fill a GPU); there prefer --preset paper and tens of thousands of
+  iterations. For reference the authors' model saw millions of images.
+
+outputs in OUTDIR: checkpoint.pt (one file, replaced every --checkpoint-every iterations;
+exact resume), samples_NNNNNN.png (latest sample grid from fixed latents; first channel
+blue, second green, third red), samples_final.png, reals.png (training crops for
+comparison), train_log.csv (losses per --log-every iterations), <name>.h5 (the bundle).
+"""
+
+# Seconds per iteration, cpu preset 128 px, 2 channels, batch 16, R1 amortised, on the 2-core
+# project machine with torch 2.13 CPU (rls_core.train.loop._iteration timed directly).
+MEASURED_S_PER_ITER = {"idle_2_threads": 0.53, "idle_1_thread": 0.92, "two_runs_1_thread_each": 1.1}
+
+
+def _name_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `rls train` options to `parser` (and its description/example if it has none)."""
+    if not parser.description:
+        parser.description = DESCRIPTION
+    if not parser.epilog:
+        m = MEASURED_S_PER_ITER
+        parser.epilog = EPILOG.format(t2=m["idle_2_threads"], ph2=round(3600 / m["idle_2_threads"], -2),
+                                      t1=m["idle_1_thread"], tp=m["two_runs_1_thread_each"],
+                                      php=round(3600 / m["two_runs_1_thread_each"], -2))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    parser.add_argument("data_dir", nargs="?", metavar="DATA_DIR",
+                        help="folder of HR training fields (not needed with --finish)")
+    parser.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
+                        help="run folder: checkpoint, sample grids, log and the final bundle")
+    g = parser.add_argument_group("data and model")
+    g.add_argument("--channels", type=_name_list, default=None, metavar="A,B",
+                   help="channel names in order, matching the <field>_<channel>.tif file names "
+                        "(e.g. DNA,NFkB); for multi-channel TIFFs they just name the channels")
+    g.add_argument("--name", default="model", help="bundle name: OUTDIR/<name>.h5 (default: model)")
+    g.add_argument("--resolution", type=int, default=128,
+                   help="HR crop and generator size, a power of two >= 32 (default: 128, as in the paper)")
+    g.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "paper"],
+                   help="generator/discriminator size: cpu (~0.5 M params each, trains and searches "
+                        "on a laptop), paper (the authors' 512-d StyleGAN2; GPU), tiny (tests) (default: cpu)")
+    g.add_argument("--d-width", type=float, default=1.0,
+                   help="discriminator widths = the preset's generator widths x this (default: 1)")
+    g.add_argument("--data-seed", type=int, default=None,
+                   help="seed that generated the data (e.g. of `rls simulate`); only recorded in provenance")
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--iters", type=int, default=3000,
+                   help="total iterations, each one G and one D step on --batch images (default: 3000)")
+    g.add_argument("--batch", type=int, default=16, help="images per step (default: 16)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, latents and crops (default: 0)")
+    g.add_argument("--lr", type=float, default=0.002, help="Adam learning rate, G and D (default: 0.002)")
+    g.add_argument("--r1-gamma", type=float, default=1.0,
+                   help="R1 gradient-penalty weight on reals, applied every 16 D steps; raise it (e.g. 5-10, "
+                        "the authors used 10) if training is unstable, lower it if D cannot keep up "
+                        "(default: 1)")
+    g.add_argument("--pl-weight", type=float, default=0.0,
+                   help="path-length regularisation weight, every 4 G steps (the paper used 2); off by "
+                        "default on CPU to save time (~5-10%% per iteration) (default: 0)")
+    g.add_argument("--style-mixing", type=float, default=0.9, help="style-mixing probability (default: 0.9)")
+    g.add_argument("--ema-kimg", type=float, default=10.0,
+                   help="half-life of the EMA generator in thousands of images; ramps up over the first "
+                        "images of short runs (default: 10)")
+    g.add_argument("--augment-p", type=float, default=0.5,
+                   help="DiffAugment probability per op (colour, translation, cutout) for D's inputs; "
+                        "0 turns it off; keep it on with few fields (default: 0.5)")
+
+    g = parser.add_argument_group("run control")
+    g.add_argument("--resume", action="store_true",
+                   help="continue OUTDIR/checkpoint.pt exactly where it stopped (bit-identical on CPU; model settings come "
+                        "from the checkpoint; --iters may be raised)")
+    g.add_argument("--finish", action="store_true",
+                   help="skip training: take OUTDIR/checkpoint.pt as it is, fit the prior, write the bundle")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="checkpoint and exit cleanly before this many minutes have passed; resume later "
+                        "with --resume (the prior fit at the end is not counted)")
+    g.add_argument("--finish-at-limit", action="store_true",
+                   help="when --time-limit stops training, still fit the prior and write the bundle "
+                        "from the current state (the run can be resumed and finished again later)")
+    g.add_argument("--snapshot-every", type=int, default=250, metavar="K",
+                   help="write a sample grid every K iterations (default: 250)")
+    g.add_argument("--checkpoint-every", type=int, default=250, metavar="K",
+                   help="overwrite OUTDIR/checkpoint.pt every K iterations (default: 250)")
+    g.add_argument("--log-every", type=int, default=10, metavar="K",
+                   help="average losses over K iterations into train_log.csv (default: 10)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all cores); use 1 per run when two runs share "
+                        "a 2-core machine")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    g = parser.add_argument_group("latent prior (fitted on the EMA generator at the end)")
+    g.add_argument("--fit-prior-samples", type=int, default=100_000, metavar="N",
+                   help="mapped samples for the latent statistics and the flow; 0 skips the prior "
+                        "(run `rls fit-prior` later) (default: 100000)")
+    g.add_argument("--flow-epochs", type=int, default=20, help="MAF training epochs (default: 20)")
+    g.add_argument("--flow-blocks", type=int, default=5, help="MAF blocks (default: 5, as in the paper)")
+    g.add_argument("--flow-hidden", type=int, default=None,
+                   help="MAF hidden width (default: 2 x w_dim; the paper used 1024 for w_dim 512)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from .loop import TrainConfig
+
+    if not args.data_dir and not args.finish:
+        raise SystemExit("rls train: error: DATA_DIR is required (except with --finish)")
+    return TrainConfig(
+        data_dir=args.data_dir or "", outdir=args.outdir, name=args.name, channels=args.channels,
+        resolution=args.resolution, preset=args.preset, d_width=args.d_width, iters=args.iters,
+        batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
+        style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p,
+        resume=args.resume, finish=args.finish, time_limit=args.time_limit,
+        finish_at_limit=args.finish_at_limit,
+        snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
+        flow_epochs=args.flow_epochs, device=args.device, threads=args.threads,
+        progress=not args.no_progress, data_seed=args.data_seed,
+        command=" ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:]),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `rls train`; 0 when the bundle was written or the run stopped cleanly for a resume."""
+    from ..bundle import BundleError
+    from .data import DataError
+    from .loop import TrainError, train
+
+    try:
+        path = train(config_from_args(args))
+    except (DataError, TrainError, BundleError) as e:
+        print(f"rls train: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,630 @@
+"""StyleGAN2 training loop: from a folder of HR fields to a model bundle for the searches.
+
+One iteration = one generator step and one discriminator step on a batch, in the order of
+NVlabs' stylegan2-ada-pytorch (G main, G path-length reg, D main, D R1 reg):
+  * non-saturating logistic loss; D sees both real and fake through DiffAugment;
+  * lazy regularisation: R1 on reals every `r1_interval` D steps, optional path-length
+    every `pl_interval` G steps, each scaled by its interval, with Adam's lr and betas
+    corrected so the regularised optimiser behaves like the unregularised one;
+  * style mixing (two w's crossing over at a random layer) so layers stay independent,
+    which is what lets the W+ search give each layer its own code;
+  * an EMA copy of G (half-life `ema_kimg`, ramped up early) that becomes the model.
+Everything that influences the numbers (weights, optimisers, iteration, RNG states, data
+sampler) is checkpointed so a run split by `time_limit` resumes bit-identically on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..generator import Generator, GeneratorConfig
+from .augment import AugmentConfig, augment
+from .data import CropSampler, FieldSet, load_fields
+from .discriminator import Discriminator, DiscriminatorConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "rls-train-checkpoint"
+CHECKPOINT_VERSION = 1
+LOG_NAME = "train_log.csv"
+GRID_SIZE = 16  # images in the sample grid (4 x 4)
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a run. Fields marked (run control) may change when resuming; the
+    others are fixed by the checkpoint so that the resumed run is the same computation."""
+
+    data_dir: str = ""                      # (run control) folder of training fields
+    outdir: str = "runs/model"              # (run control) checkpoint, samples, bundle go here
+    name: str = "model"                     # (run control) bundle file name: OUTDIR/<name>.h5
+    channels: Optional[List[str]] = None    # channel names, e.g. ["DNA", "NFkB"]
+    resolution: int = 128                   # HR crop / generator size (power of two)
+    preset: str = "cpu"                     # generator size: cpu | tiny | paper
+    d_width: float = 1.0                    # discriminator widths = generator preset widths x this
+    iters: int = 3000                       # (run control) total iterations (G + D step each)
+    batch: int = 16
+    seed: int = 0
+    lr: float = 0.002
+    betas: Tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = 1.0                   # R1 weight; 0 disables
+    r1_interval: int = 16
+    pl_weight: float = 0.0                  # path-length reg weight (paper: 2); 0 disables
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing: float = 0.9
+    ema_kimg: float = 10.0                  # EMA half-life in thousands of images
+    ema_rampup: Optional[float] = 0.05      # half-life <= this x images seen (short runs); None: off
+    augment_p: float = 0.5                  # DiffAugment probability per op and image; 0: off
+    norm_low_pct: float = 0.1
+    norm_high_pct: float = 99.9
+    resume: bool = False                    # (run control) continue OUTDIR/checkpoint.pt
+    finish: bool = False                    # (run control) only write the bundle from the checkpoint
+    time_limit: Optional[float] = None      # (run control) minutes; checkpoint and stop when reached
+    finish_at_limit: bool = False           # (run control) also write the bundle when the time limit stops it
+    snapshot_every: int = 250               # (run control) sample grid every N iterations
+    checkpoint_every: int = 250             # (run control) checkpoint every N iterations
+    log_every: int = 10                     # (run control) rows of train_log.csv
+    fit_prior_samples: int = 100_000        # (run control) mapped samples for the prior; 0: skip
+    flow_blocks: int = 5                    # (run control)
+    flow_hidden: Optional[int] = None       # (run control) None: 2 x w_dim
+    flow_epochs: int = 20                   # (run control)
+    device: str = "auto"                    # (run control) auto | cpu | cuda[:i]
+    threads: Optional[int] = None           # (run control) torch CPU threads
+    progress: bool = True                   # (run control)
+    data_seed: Optional[int] = None         # (run control) seed that generated the data, recorded only
+    command: Optional[str] = None           # (run control) recorded in provenance (default: sys.argv)
+
+
+RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_limit", "finish_at_limit",
+               "snapshot_every",
+               "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
+               "flow_epochs", "device", "threads", "progress", "data_seed", "command"}
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _say(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for but this PyTorch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def _git_commit() -> Optional[str]:
+    """HEAD commit of the source checkout, read from .git files (no git executable needed)."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
+        git = base / ".git"
+        try:
+            if git.is_file():  # worktree: "gitdir: <path>"
+                git = (base / git.read_text().split(":", 1)[1].strip()).resolve()
+            if not (git / "HEAD").is_file():
+                continue
+            common = git
+            if (git / "commondir").is_file():
+                common = (git / (git / "commondir").read_text().strip()).resolve()
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head
+            ref = head.split(":", 1)[1].strip()
+            for root in (git, common):
+                if (root / ref).is_file():
+                    return (root / ref).read_text().strip()
+            packed = common / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+        except OSError:
+            continue
+    return None
+
+
+def _to_json_safe(cfg: TrainConfig) -> Dict[str, Any]:
+    d = asdict(cfg)
+    d["betas"] = [float(b) for b in cfg.betas]
+    return d
+
+
+def _from_saved(d: Dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    d = {k: v for k, v in d.items() if k in known}
+    if "betas" in d:
+        d["betas"] = tuple(float(b) for b in d["betas"])
+    return TrainConfig(**d)
+
+
+def _make_opt(module: torch.nn.Module, cfg: TrainConfig, reg_interval: Optional[int]) -> torch.optim.Adam:
+    """Adam; with lazy regularisation every k steps, lr and betas are rescaled by k/(k+1)
+    because the regularised module takes k+1 optimiser steps per k minibatches."""
+    ratio = reg_interval / (reg_interval + 1) if reg_interval else 1.0
+    return torch.optim.Adam(module.parameters(), lr=cfg.lr * ratio,
+                            betas=(float(cfg.betas[0] ** ratio), float(cfg.betas[1] ** ratio)), eps=1e-8)
+
+
+# ----------------------------------------------------------------------------- state
+
+@dataclass
+class _State:
+    G: Generator
+    D: Discriminator
+    G_ema: Generator
+    opt_G: torch.optim.Adam
+    opt_D: torch.optim.Adam
+    iteration: int = 0
+    pl_mean: torch.Tensor = field(default_factory=lambda: torch.zeros([]))
+    wall_time: float = 0.0
+    commands: List[str] = field(default_factory=list)
+
+
+def _build(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
+    gcfg = GeneratorConfig.preset(cfg.preset, cfg.resolution, n_channels)
+    dcfg = DiscriminatorConfig.preset(cfg.preset, cfg.resolution, n_channels, cfg.d_width)
+    torch.manual_seed(cfg.seed)
+    G = Generator(gcfg).to(device).train()
+    D = Discriminator(dcfg).to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = _make_opt(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
+    opt_D = _make_opt(D, cfg, cfg.r1_interval if cfg.r1_gamma > 0 else None)
+    return _State(G, D, G_ema, opt_G, opt_D, pl_mean=torch.zeros([], device=device))
+
+
+def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[CropSampler],
+                    data: Dict[str, Any]) -> Path:
+    """One file, replaced atomically; only tensors and plain containers (weights_only-safe)."""
+    rng: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and st.pl_mean.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if sampler is not None:
+        rng["sampler"] = sampler.state_dict()
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": _to_json_safe(cfg),
+        "generator_config": st.G.cfg.to_dict(),
+        "discriminator_config": st.D.cfg.to_dict(),
+        "G": st.G.state_dict(),
+        "D": st.D.state_dict(),
+        "G_ema": st.G_ema.state_dict(),
+        "opt_G": st.opt_G.state_dict(),
+        "opt_D": st.opt_D.state_dict(),
+        "iteration": int(st.iteration),
+        "pl_mean": st.pl_mean.detach().cpu(),
+        "wall_time": float(st.wall_time),
+        "commands": list(st.commands),
+        "data": data,
+        "rng": rng,
+        "torch_version": str(torch.__version__),
+        "device": str(st.pl_mean.device),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise TrainError(f"{path}: no checkpoint to resume from; start without --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise TrainError(f"{path}: cannot be read as a training checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path}: not a checkpoint written by `rls train`")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise TrainError(f"{path}: written by a newer SuperResolveRLS; upgrade to resume it")
+    return ckpt
+
+
+def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _State:
+    gcfg = GeneratorConfig.from_dict(ckpt["generator_config"])
+    st = _build(cfg, gcfg.img_channels, device)
+    st.G.load_state_dict(ckpt["G"])
+    st.D.load_state_dict(ckpt["D"])
+    st.G_ema.load_state_dict(ckpt["G_ema"])
+    st.opt_G.load_state_dict(ckpt["opt_G"])
+    st.opt_D.load_state_dict(ckpt["opt_D"])
+    st.iteration = int(ckpt["iteration"])
+    st.pl_mean = ckpt["pl_mean"].to(device)
+    st.wall_time = float(ckpt["wall_time"])
+    st.commands = list(ckpt["commands"])
+    return st
+
+
+def _restore_rng(ckpt: Dict[str, Any], sampler: Optional[CropSampler], device: torch.device) -> None:
+    rng = ckpt["rng"]
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda":
+        if "cuda" in rng:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        else:
+            _say("note: checkpoint was written on CPU; resuming on CUDA is not bit-identical")
+    if sampler is not None and "sampler" in rng:
+        sampler.load_state_dict(rng["sampler"])
+
+
+def _merge_resumed(saved: TrainConfig, given: TrainConfig, quiet: bool = False) -> TrainConfig:
+    """Checkpoint settings win, except run-control ones; say which given values are ignored."""
+    ignored = [f"{f.name}={getattr(saved, f.name)!r} (asked {getattr(given, f.name)!r})"
+               for f in fields(TrainConfig)
+               if f.name not in RUN_CONTROL and getattr(saved, f.name) != getattr(given, f.name)
+               and not (f.name == "channels" and given.channels is None)]
+    if ignored and not quiet:
+        _say("resuming with the checkpoint's settings: " + "; ".join(ignored))
+    return replace(saved, **{k: getattr(given, k) for k in RUN_CONTROL})
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+def _mapping_mixed(G: Generator, z: torch.Tensor, prob: float) -> torch.Tensor:
+    """W+ from z; with probability `prob` the layers from a random cutoff on take a second w."""
+    ws = G.mapping(z)[:, None].repeat(1, G.num_ws, 1)
+    if prob > 0:
+        cutoff = int(torch.randint(1, G.num_ws, ()).item())
+        if float(torch.rand(())) < prob:
+            w2 = G.mapping(torch.randn_like(z))
+            ws = torch.cat([ws[:, :cutoff], w2[:, None].expand(-1, G.num_ws - cutoff, -1)], dim=1)
+    return ws
+
+
+def _step(opt: torch.optim.Adam, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentConfig) -> Dict[str, float]:
+    G, D, dev = st.G, st.D, real.device
+    b, z_dim = real.shape[0], G.cfg.z_dim
+    it = st.iteration
+    out: Dict[str, float] = {}
+
+    # G main: make D call fakes real.
+    D.requires_grad_(False)
+    fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing), noise_mode="random")
+    loss_g = F.softplus(-D(augment(fake, aug))).mean()
+    _step(st.opt_G, loss_g)
+    out["G"] = loss_g.item()
+
+    # G reg: path length (smooth, evenly-scaled W -> image map), lazily.
+    if cfg.pl_weight > 0 and it % cfg.pl_interval == 0:
+        pb = max(1, b // cfg.pl_batch_shrink)
+        ws = _mapping_mixed(G, torch.randn(pb, z_dim, device=dev), cfg.style_mixing)
+        img = G.synthesis(ws, noise_mode="random")
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        grad, = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(2).mean(1).sqrt()
+        st.pl_mean = st.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay)
+        pen = (lengths - st.pl_mean).square().mean()
+        _step(st.opt_G, pen * cfg.pl_weight * cfg.pl_interval)
+        out["pl"] = pen.item()
+    D.requires_grad_(True)
+
+    # D main: fakes low, reals high.
+    with torch.no_grad():
+        fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing),
+                           noise_mode="random")
+    loss_d = F.softplus(D(augment(fake, aug))).mean() + F.softplus(-D(augment(real, aug))).mean()
+    _step(st.opt_D, loss_d)
+    out["D"] = loss_d.item()
+
+    # D reg: R1, the gradient penalty on reals, lazily.
+    if cfg.r1_gamma > 0 and it % cfg.r1_interval == 0:
+        x = real.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(D(augment(x, aug)).sum(), x, create_graph=True)
+        r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+        _step(st.opt_D, r1 * (cfg.r1_gamma / 2) * cfg.r1_interval)
+        out["R1"] = r1.item()
+
+    # EMA of G; the half-life ramps up with the images seen so early samples are not stale.
+    cur_nimg = it * b
+    ema_nimg = cfg.ema_kimg * 1000
+    if cfg.ema_rampup:
+        ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
+    beta = 0.5 ** (b / max(ema_nimg, 1e-8))
+    with torch.no_grad():
+        for p_ema, p in zip(st.G_ema.parameters(), G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b_ in zip(st.G_ema.buffers(), G.buffers()):
+            b_ema.copy_(b_)
+    st.iteration += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def composite_rgb(img: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H, W, 3): 1 channel gray; else ch0 blue, ch1 green,
+    ch2 red, ch3 magenta (the usual DNA-blue convention)."""
+    n, c = img.shape[:2]
+    if c == 1:
+        return np.repeat(img[:, 0, :, :, None], 3, axis=-1)
+    colors = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 0, 1]], np.float32)[:c]
+    return np.clip(np.einsum("nchw,ck->nhwk", img, colors), 0, 1)
+
+
+def save_grid(images: torch.Tensor, path: Path, pad: int = 2) -> Path:
+    """Tile (N, C, H, W) images in [-1, 1] into one PNG."""
+    from PIL import Image
+
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
+    rgb = composite_rgb(x)
+    n, h, w, _ = rgb.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = rgb[i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray((canvas * 255 + 0.5).astype(np.uint8)).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def _snapshot(G_ema: Generator, z: torch.Tensor, outdir: Path, tag: str) -> Path:
+    """Samples from fixed z with the constant noise maps (no global RNG is used), keeping
+    only the newest numbered grid so OUTDIR stays small."""
+    ws = G_ema.mapping(z.to(G_ema.w_avg.device))[:, None].repeat(1, G_ema.num_ws, 1)
+    path = save_grid(G_ema.synthesis(ws, noise_mode="const"), outdir / f"samples_{tag}.png")
+    if tag != "final":
+        for old in outdir.glob("samples_[0-9]*.png"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+def _append_log(path: Path, row: Dict[str, Any]) -> None:
+    cols = ["iteration", "kimg", "D", "G", "R1", "pl", "s_per_iter", "wall_s"]
+    new = not path.exists()
+    with open(path, "a") as fh:
+        if new:
+            fh.write(",".join(cols) + "\n")
+        fh.write(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in cols) + "\n")
+
+
+def _human(seconds: float) -> str:
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s"
+
+
+def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device) -> Path:
+    """Mean w, latent prior (stats + flow) on the EMA generator, then the bundle."""
+    from ..bundle import ModelBundle, save_bundle, set_prior
+
+    G = st.G_ema.eval()
+    n_avg = max(10_000, int(cfg.fit_prior_samples))
+    _say(f"estimating w_avg from {n_avg} mapped samples")
+    G.estimate_w_avg(n=n_avg, seed=cfg.seed)
+    prior_info: Dict[str, Any] = {"fitted": False}
+    stats = flow = None
+    if cfg.fit_prior_samples > 0:
+        try:
+            from ..priors import fit_prior
+        except ImportError as e:
+            _say(f"warning: latent prior not fitted ({e}); run `rls fit-prior` on the bundle")
+        else:
+            stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=int(cfg.fit_prior_samples),
+                                    flow_blocks=cfg.flow_blocks, flow_hidden=cfg.flow_hidden,
+                                    flow_epochs=cfg.flow_epochs, seed=cfg.seed, device=device,
+                                    progress=cfg.progress)
+            prior_info = {"fitted": True, "n_samples": int(cfg.fit_prior_samples), "flow": flow.config(),
+                          "flow_epochs": cfg.flow_epochs}
+    b = cfg.batch
+    provenance = {
+        "name": cfg.name,
+        "trained_by": "rls train (rls_core.train)",
+        "command": st.commands[-1] if st.commands else "",
+        "commands": st.commands,
+        "data": data,
+        "iterations": st.iteration,
+        "kimg": round(st.iteration * b / 1000, 3),
+        "batch": b,
+        "wall_time_s": round(st.wall_time, 1),
+        "wall_time": _human(st.wall_time),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "torch": str(torch.__version__),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit() or "unknown",
+        "train_config": {k: v for k, v in _to_json_safe(cfg).items()
+                         if k not in RUN_CONTROL or k in ("fit_prior_samples", "flow_epochs")},
+        "discriminator": st.D.cfg.to_dict(),
+        "w_avg_samples": n_avg,
+        "prior": prior_info,
+    }
+    bundle = ModelBundle.from_generator(G, data["channels"], data["normalization"], provenance)
+    if stats is not None:
+        set_prior(bundle, stats, flow)
+    path = save_bundle(bundle, Path(cfg.outdir) / f"{cfg.name}.h5")
+    _say(f"wrote {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- main entry
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop after the current iteration."""
+
+    def __init__(self) -> None:
+        self.stop, self._old = False, None
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        _say("interrupt: checkpointing after this iteration (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.iters < 0 or cfg.batch < 1:
+        raise TrainError(f"need iters >= 0 and batch >= 1, got {cfg.iters}, {cfg.batch}")
+    for k in ("snapshot_every", "checkpoint_every", "log_every", "r1_interval", "pl_interval"):
+        if getattr(cfg, k) < 1:
+            raise TrainError(f"{k} must be >= 1")
+    if not 0 <= cfg.augment_p <= 1 or not 0 <= cfg.style_mixing <= 1:
+        raise TrainError("augment_p and style_mixing are probabilities in [0, 1]")
+    if cfg.resume and cfg.finish:
+        raise TrainError("--finish already continues from the checkpoint; drop --resume")
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume, or only finish) a model. Returns the bundle path, or the checkpoint
+    path when the run stopped early (time limit or Ctrl-C) and must be resumed."""
+    _validate(cfg)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        return _train(cfg, time.time())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, t0: float) -> Path:
+    outdir = Path(cfg.outdir).expanduser()
+    ckpt_path = outdir / CHECKPOINT_NAME
+    device = _device(cfg.device)
+    command = cfg.command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:])
+
+    ckpt = None
+    if cfg.resume or cfg.finish:
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = _merge_resumed(_from_saved(ckpt["config"]), cfg, quiet=cfg.finish)
+    elif ckpt_path.exists():
+        raise TrainError(f"{ckpt_path} already exists; pass --resume to continue that run "
+                         "(or --finish to only write its bundle), or choose another -o OUTDIR")
+
+    if cfg.finish:
+        st = _restore(ckpt, cfg, device)
+        st.commands.append(command)
+        return _finish(st, cfg, ckpt["data"], device)
+
+    fs: FieldSet = load_fields(cfg.data_dir, cfg.channels, cfg.resolution,
+                               normalization=ckpt["data"]["normalization"] if ckpt else None,
+                               low_pct=cfg.norm_low_pct, high_pct=cfg.norm_high_pct)
+    data = fs.summary()
+    data["data_seed"] = cfg.data_seed if cfg.data_seed is not None else data.get("simulation", {}).get("seed")
+    if ckpt is not None:
+        old = ckpt["data"]
+        if old.get("n_fields") != data["n_fields"] or old.get("channels") != data["channels"]:
+            _say(f"warning: the data changed since the checkpoint ({old.get('n_fields')} fields "
+                 f"{old.get('channels')} -> {data['n_fields']} {data['channels']}); not an exact resume")
+        if data["data_seed"] is None:
+            data["data_seed"] = old.get("data_seed")
+    cfg = replace(cfg, channels=list(fs.channel_names))
+    sampler = CropSampler(fs, cfg.resolution, seed=cfg.seed)
+    if ckpt is not None:
+        st = _restore(ckpt, cfg, device)
+        _restore_rng(ckpt, sampler, device)
+        _say(f"resumed {ckpt_path} at iteration {st.iteration} ({st.iteration * cfg.batch / 1000:.1f} kimg)")
+    else:
+        st = _build(cfg, len(fs.channel_names), device)
+        outdir.mkdir(parents=True, exist_ok=True)
+        save_grid(CropSampler(fs, cfg.resolution, seed=cfg.seed + 1).sample(GRID_SIZE), outdir / "reals.png")
+        _say(f"{len(fs.fields)} fields, channels {fs.channel_names}, normalisation "
+             + "; ".join(f"{c}: [{n['low']:.4g}, {n['high']:.4g}]" for c, n in zip(fs.channel_names, fs.normalization))
+             + f"; G {st.G.num_params() / 1e6:.2f} M, D {st.D.num_params() / 1e6:.2f} M parameters on {device}")
+    st.commands.append(command)
+    z_grid = torch.randn(GRID_SIZE, st.G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
+    aug = AugmentConfig(p=cfg.augment_p)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    stopped = None
+    from tqdm.auto import tqdm
+
+    np.finfo(np.float32), np.finfo(np.float64)  # cache numpy's limits before flushing denormals
+    flush_denormal = device.type == "cpu" and torch.set_flush_denormal(True)  # denormals crawl on CPU
+    bar = tqdm(total=cfg.iters, initial=min(st.iteration, cfg.iters), desc=f"train {cfg.name}",
+               disable=not cfg.progress, dynamic_ncols=True)
+    window: Dict[str, List[float]] = {}
+    iter_s = 0.0
+    try:
+        with _StopFlag() as flag:
+            while st.iteration < cfg.iters:
+                t_iter = time.time()
+                real = sampler.sample(cfg.batch).to(device)
+                losses = _iteration(st, cfg, real, aug)
+                dt = time.time() - t_iter
+                iter_s = dt if iter_s == 0 else 0.9 * iter_s + 0.1 * dt
+                for k, v in losses.items():
+                    window.setdefault(k, []).append(v)
+                if not math.isfinite(losses["D"]) or not math.isfinite(losses["G"]):
+                    raise TrainError(f"training diverged at iteration {st.iteration} (D {losses['D']}, "
+                                     f"G {losses['G']}); the last checkpoint is from before; start a new run "
+                                     "(another -o) with a larger --r1-gamma or a smaller --lr")
+                bar.update(1)
+                it = st.iteration
+                out_of_time = cfg.time_limit is not None and \
+                    time.time() + 2 * iter_s > t0 + cfg.time_limit * 60
+                if it % cfg.log_every == 0 or it == cfg.iters or out_of_time or flag.stop:
+                    mean = {k: float(np.mean(v)) for k, v in window.items()}
+                    window = {}
+                    bar.set_postfix(D=f"{mean.get('D', 0):.3f}", G=f"{mean.get('G', 0):.3f}",
+                                    R1=f"{mean.get('R1', float('nan')):.3g}", kimg=f"{it * cfg.batch / 1000:.1f}",
+                                    s_it=f"{iter_s:.2f}", refresh=False)
+                    _append_log(outdir / LOG_NAME, {**mean, "iteration": it, "kimg": it * cfg.batch / 1000,
+                                                    "s_per_iter": iter_s,
+                                                    "wall_s": st.wall_time + time.time() - t_iter})
+                if it % cfg.snapshot_every == 0:
+                    _snapshot(st.G_ema, z_grid, outdir, f"{it:06d}")
+                st.wall_time += time.time() - t_iter
+                if it % cfg.checkpoint_every == 0 or it == cfg.iters or out_of_time or flag.stop:
+                    save_checkpoint(ckpt_path, st, cfg, sampler, data)
+                if (out_of_time or flag.stop) and it < cfg.iters:
+                    stopped = "time limit" if out_of_time else "interrupt"
+                    break
+    finally:
+        bar.close()
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+
+    if stopped:
+        _say(f"stopped by {stopped} at iteration {st.iteration}/{cfg.iters}; checkpoint {ckpt_path}. "
+             f"Continue with the same command plus --resume.")
+        if not (stopped == "time limit" and cfg.finish_at_limit):
+            return ckpt_path
+        _say("--finish-at-limit: writing the bundle from the current state")
+    if st.iteration > 0 and not ckpt_path.exists():
+        save_checkpoint(ckpt_path, st, cfg, sampler, data)
+    _snapshot(st.G_ema, z_grid, outdir, "final")
+    return _finish(st, cfg, data, device)

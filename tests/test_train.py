@@ -1,0 +1,236 @@
+"""`rls train`: data grouping and errors, augmentation, discriminator, a tiny training run,
+exact resume, weights_only checkpoints and the final bundle (tiny 32-px config, 1 thread)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from rls_core.generator import _fir_kernel, upfirdn2d
+from rls_core.train.augment import AugmentConfig, augment, cutout, translate
+from rls_core.train.data import CropSampler, DataError, discover_fields, load_fields
+from rls_core.train.discriminator import Discriminator, DiscriminatorConfig, EqualConv2d
+from rls_core.train.loop import CHECKPOINT_NAME, TrainConfig, TrainError, train
+
+CHANNELS = ["DNA", "NFkB"]
+
+
+def _blobs(rng: np.random.Generator, h: int, w: int, n: int = 8) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w))
+    for _ in range(n):
+        cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(2, 5)
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    img = img / img.max() * 20000 + rng.normal(400, 40, img.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _write_fields(folder: Path, n: int = 3, size=(48, 56), channels=CHANNELS, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        for ch in channels:
+            tifffile.imwrite(str(folder / f"translocation_DMSO_B0{i}_s1_{ch}.tif"), _blobs(rng, *size))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = _write_fields(tmp_path_factory.mktemp("fields"))
+    # Things that must be ignored: label images, tables, an unrelated channel.
+    tifffile.imwrite(str(d / "translocation_DMSO_B00_s1_nuclei.tif"), np.ones((48, 56), np.uint16))
+    tifffile.imwrite(str(d / "translocation_DMSO_B00_s1_DNA_labels.tif"), np.ones((48, 56), np.uint16))
+    (d / "ground_truth.csv").write_text("field,ratio\nB00,1.0\n")
+    return d
+
+
+def _cfg(data_dir: Path, outdir: Path, **kw) -> TrainConfig:
+    base = dict(data_dir=str(data_dir), outdir=str(outdir), name="tiny", channels=list(CHANNELS),
+                resolution=32, preset="tiny", iters=4, batch=4, seed=3, r1_interval=2,
+                snapshot_every=2, checkpoint_every=100, log_every=1, fit_prior_samples=0,
+                threads=1, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_grouping_normalisation_and_crops(data_dir):
+    fs = load_fields(data_dir, CHANNELS, crop=32)
+    assert fs.channel_names == CHANNELS and len(fs.fields) == 3
+    assert fs.names[0] == "translocation_DMSO_B00_s1" and fs.fields[0].shape == (2, 48, 56)
+    raw = tifffile.imread(str(data_dir / "translocation_DMSO_B01_s1_NFkB.tif"))
+    all_nfkb = np.concatenate([tifffile.imread(str(p)).ravel() / 65535.0
+                               for p in sorted(data_dir.glob("*_s1_NFkB.tif"))])
+    lo, hi = np.percentile(all_nfkb, [0.1, 99.9])
+    assert fs.normalization[1]["low"] == pytest.approx(lo, rel=1e-4)
+    assert fs.normalization[1]["high"] == pytest.approx(hi, rel=1e-4)
+    expect = np.clip((raw / 65535.0 - lo) / (hi - lo), 0, 1) * 2 - 1
+    np.testing.assert_allclose(fs.fields[1][1].astype(np.float64), expect, atol=2e-3)
+
+    s1, s2 = CropSampler(fs, 32, seed=5), CropSampler(fs, 32, seed=5)
+    a = s1.sample(6)
+    assert a.shape == (6, 2, 32, 32) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, s2.sample(6))
+    state = s1.state_dict()
+    nxt = s1.sample(3)
+    s2.load_state_dict(state)
+    assert torch.equal(nxt, s2.sample(3))
+
+
+def test_multichannel_tiffs_cyx_and_yxc(tmp_path):
+    rng = np.random.default_rng(1)
+    stack = np.stack([_blobs(rng, 40, 40), _blobs(rng, 40, 40)])
+    tifffile.imwrite(str(tmp_path / "f1.tif"), stack)                    # C, Y, X
+    tifffile.imwrite(str(tmp_path / "f2.tif"), np.moveaxis(stack, 0, -1))  # Y, X, C
+    fs = load_fields(tmp_path, None, crop=32)
+    assert fs.channel_names == ["ch0", "ch1"] and fs.layout == "multi-channel files"
+    np.testing.assert_array_equal(fs.fields[0], fs.fields[1])
+    assert load_fields(tmp_path, ["DNA", "NFkB"], crop=32).channel_names == ["DNA", "NFkB"]
+    with pytest.raises(DataError, match="3 \\(A, B, C\\)|names 3"):
+        load_fields(tmp_path, ["A", "B", "C"], crop=32)
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(DataError, match="no training images"):
+        discover_fields(tmp_path, CHANNELS)
+    d = _write_fields(tmp_path / "missing", n=2)
+    (d / "translocation_DMSO_B01_s1_NFkB.tif").unlink()
+    with pytest.raises(DataError, match="translocation_DMSO_B01_s1.*NFkB"):
+        discover_fields(d, CHANNELS)
+    with pytest.raises(DataError, match="--channels.*DNA, NFkB"):
+        discover_fields(d, None)
+    small = _write_fields(tmp_path / "small", n=1, size=(20, 40))
+    with pytest.raises(DataError, match="translocation_DMSO_B00_s1.*smaller than the 32-px"):
+        load_fields(small, CHANNELS, crop=32)
+
+
+# ----------------------------------------------------------------------------- modules
+
+def test_augment_ops():
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 16, 16, requires_grad=True)
+    cfg = AugmentConfig(p=1.0)
+    t = translate(x, cfg)
+    for i in range(5):  # every output is an integer shift of its input with zeros shifted in
+        ok = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ref = torch.zeros(2, 20, 20)
+                ref[:, 2 + dy:18 + dy, 2 + dx:18 + dx] = x[i].detach()
+                ok |= torch.equal(t[i].detach(), ref[:, 2:18, 2:18])
+        assert ok
+    c = cutout(x, cfg)
+    zeros = (c.detach() == 0).float().mean(dim=(1, 2, 3))
+    assert torch.all(zeros > 0) and torch.all(zeros <= 0.25 + 1e-6)
+    y = augment(x, cfg)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.equal(augment(x, AugmentConfig(p=0.0)), x)
+
+
+def test_discriminator_shapes_and_downsampling():
+    for preset, res in [("tiny", 32), ("cpu", 64)]:
+        D = Discriminator(DiscriminatorConfig.preset(preset, res, 2))
+        out = D(torch.randn(6, 2, res, res))
+        assert out.shape == (6,) and torch.isfinite(out).all()
+    # the 1x1 skip path: blur then keep every other pixel, as in StyleGAN2's downsample2d
+    conv = EqualConv2d(3, 4, 1, bias=False, activation=False, down=True).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    ref = upfirdn2d(x, _fir_kernel((1, 3, 3, 1)).double(), pad=(1, 1, 1, 1))[:, :, ::2, ::2]
+    ref = torch.nn.functional.conv2d(ref, conv.weight * conv.weight_gain)
+    torch.testing.assert_close(conv(x), ref)
+    conv3 = EqualConv2d(3, 4, 3, down=True)
+    assert conv3(torch.randn(1, 3, 16, 16)).shape == (1, 4, 8, 8)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _ckpt(outdir: Path) -> dict:
+    return torch.load(outdir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+
+
+def test_train_run_checkpoint_and_bundle(data_dir, tmp_path):
+    pytest.importorskip("rls_core.priors", reason="rls_core.priors (fit_prior) is not available yet")
+    from rls_core.bundle import load_bundle
+
+    out = tmp_path / "run"
+    path = train(_cfg(data_dir, out, pl_weight=2.0, pl_interval=2, fit_prior_samples=300, flow_epochs=1))
+    assert path == out / "tiny.h5"
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert len(rows) == 4
+    assert all(math.isfinite(float(r["D"])) and math.isfinite(float(r["G"])) for r in rows)
+    assert any(r["R1"] for r in rows) and any(r["pl"] for r in rows)
+    ck = _ckpt(out)  # weights_only=True: no arbitrary pickles in the checkpoint
+    assert ck["iteration"] == 4 and set(ck) >= {"G", "D", "G_ema", "opt_G", "opt_D", "rng"}
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["reals.png", "samples_000004.png", "samples_final.png"]
+
+    b = load_bundle(path)
+    assert b.channel_names == CHANNELS and b.has_prior
+    assert [n["low"] for n in b.normalization] == pytest.approx([n["low"] for n in ck["data"]["normalization"]])
+    prov = b.provenance
+    assert prov["iterations"] == 4 and prov["kimg"] == pytest.approx(0.016)
+    assert prov["data"]["n_fields"] == 3 and prov["data"]["channels"] == CHANNELS
+    for key in ("command", "wall_time_s", "device", "torch", "date", "git_commit", "train_config"):
+        assert key in prov
+    G = b.build_generator()
+    assert G.cfg.resolution == 32 and G.cfg.img_channels == 2
+    assert float(G.w_avg.abs().sum()) > 0  # w_avg estimated at the end
+    img = G.synthesis(G.w_avg[None, None].repeat(1, G.num_ws, 1))
+    assert img.shape == (1, 2, 32, 32) and torch.isfinite(img).all()
+
+
+def test_resume_is_bit_identical(data_dir, tmp_path):
+    kw = dict(iters=6, pl_weight=1.0, pl_interval=3, r1_interval=2)
+    straight = tmp_path / "straight"
+    train(_cfg(data_dir, straight, **kw))
+    split = tmp_path / "split"
+    # a time limit that is always exceeded: stops after the first iteration, checkpointed
+    stopped = train(_cfg(data_dir, split, time_limit=1e-6, **kw))
+    assert stopped == split / CHECKPOINT_NAME and _ckpt(split)["iteration"] == 1
+    assert not (split / "tiny.h5").exists()
+    with pytest.raises(TrainError, match="--resume"):
+        train(_cfg(data_dir, split, **kw))
+    train(_cfg(data_dir, split, iters=3, resume=True))  # kw come back from the checkpoint
+    assert _ckpt(split)["iteration"] == 3
+    train(_cfg(data_dir, split, resume=True, **kw))
+    a, b = _ckpt(straight), _ckpt(split)
+    assert b["iteration"] == 6 and len(b["commands"]) == 3
+    for key in ("G", "D", "G_ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+    for key in ("opt_G", "opt_D"):
+        for pid, s in a[key]["state"].items():
+            for name, t in s.items():
+                assert torch.equal(t, b[key]["state"][pid][name]), f"{key} {pid} {name}"
+    assert torch.equal(a["pl_mean"], b["pl_mean"])
+
+
+def test_finish_and_cli(data_dir, tmp_path):
+    from rls_core.bundle import load_bundle
+    from rls_core.train.cli import add_arguments, run
+
+    parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
+    help_text = parser.format_help()
+    assert "s/iteration" in help_text and "example" in help_text and "--resume" in help_text
+    out = tmp_path / "cli"
+    args = parser.parse_args([str(data_dir), "-o", str(out), "--channels", "DNA,NFkB", "--name", "m",
+                              "--resolution", "32", "--preset", "tiny", "--iters", "2", "--batch", "4",
+                              "--threads", "1", "--fit-prior-samples", "0", "--no-progress"])
+    assert run(args) == 0
+    assert load_bundle(out / "m.h5").provenance["iterations"] == 2
+    (out / "m.h5").unlink()
+    args = parser.parse_args(["-o", str(out), "--finish", "--name", "m2", "--fit-prior-samples", "0",
+                              "--no-progress"])
+    assert run(args) == 0 and (out / "m2.h5").exists()
+    bad = parser.parse_args([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"])
+    assert run(bad) == 2
