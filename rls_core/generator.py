@@ -189,7 +189,8 @@ class SynthesisLayer(nn.Module):
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         styles = self.affine(w)  # (B, in)
         weight = self.weight * self.weight_gain
-        dcoefs = ((weight[None] * styles[:, None, :, None, None]).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        # sum_{i,k} (W_oik s_i)^2 = s^2 @ sum_k W_oik^2: no (B, out, in, k, k) tensor needed
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
         x = x * styles[:, :, None, None]
         if self.up:
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
