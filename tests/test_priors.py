@@ -67,10 +67,12 @@ def test_cross_terms_value_and_grad(fn, ref):
 @pytest.mark.parametrize("fn", [cross_euclidean, cross_geodesic, cross_cosine])
 def test_cross_terms_safe_at_identical_rows(fn):
     # RLS starts every W+ row at the mean w: the penalty is 0 with a finite gradient.
-    w = torch.randn(1, 1, 6).expand(3, 5, 6).clone().requires_grad_()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 1, 6, generator=g).expand(3, 5, 6).clone().requires_grad_()
     v = fn(w)
     v.sum().backward()
-    assert torch.allclose(v, torch.zeros(3), atol=1e-6) and torch.isfinite(w.grad).all()
+    # float32 rounding of cos(a, a) is ~1e-7 per pair; cross_cosine sums 10 pairs
+    assert torch.allclose(v, torch.zeros(3), atol=1e-5) and torch.isfinite(w.grad).all()
     assert torch.equal(fn(torch.randn(2, 1, 6)), torch.zeros(2))  # single layer
 
 

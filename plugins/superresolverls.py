@@ -1,0 +1,678 @@
+"""
+SuperResolveRLS
+===============
+
+**SuperResolveRLS** increases the resolution of low-resolution (LR)
+fluorescence images by up to 16x or 32x so that cells, nuclei and
+organelles can be segmented and measured as if they had been imaged
+at high resolution (HR).
+
+It searches, for each small LR tile, the image that a generative model
+(a StyleGAN2 trained on HR images of the same kind of cells) would
+produce and that, once shrunk back to the LR size, matches the LR
+input. Priors on the model's latent space keep the result realistic
+("regularized latent search", RLS). The channels of one field (for
+example DNA and NF-kB) are super-resolved *jointly*, so their
+structures stay consistent with each other.
+
+What you need
+^^^^^^^^^^^^^
+
+-  A model trained on HR images of your assay. Two models ship with the
+   package: *translocation* (channels DNA, NFkB) and *golgi* (channels
+   DNA, Golgi), both with 128-pixel tiles. Other models are single
+   ``.h5`` files made with ``rls train`` / ``rls fit-prior``; choose
+   *Custom file…* to use one.
+-  One grayscale image per model channel, given **in the model's channel
+   order** (the module tells you the order when the count does not
+   match). All images of a field must have the same size.
+-  The upscaling factor must divide the model's tile size (16 or 32 for
+   128-pixel models; 8 is also possible).
+
+Which method?
+^^^^^^^^^^^^^
+
+-  *RLS* (default): the published method. Realistic, interpretable
+   cells that stay faithful to the LR image.
+-  *w/o regularisation*: the same search without any prior: most
+   faithful to the LR pixels, often less realistic.
+-  *PULSE* and *BRGM*: earlier latent-search methods, for comparison.
+-  *bicubic*: plain interpolation, no model search. The baseline and a
+   quick way to set up the rest of a pipeline.
+
+**Fidelity vs realism.** One knob multiplies every prior weight: 0 turns
+the priors off (like *w/o regularisation*), 1 uses the paper's values,
+values above 1 favour realistic cells over matching every LR pixel.
+
+**Uncertainty.** With more than one sample, each tile is searched several
+times from random starting points; the output is their mean and an extra
+image per channel holds the per-pixel standard deviation: bright areas
+are where the LR image does not determine the HR image well.
+
+**Speed.** The search costs roughly (number of tiles) x (steps) generator
+passes. A GPU is much faster; on a CPU start with a small image, few
+steps, or *bicubic* to set up the pipeline. On a CPU, each CellProfiler
+analysis worker uses its share of the cores (cores / maximum number of
+workers in Preferences); on a GPU, lower *GPU memory share* when several
+workers share one GPU.
+
+Installation: the module needs the ``rls_core`` Python package (this
+repository, ``pip install -e .`` into CellProfiler's Python) and PyTorch.
+If ``rls_core`` is not installed, the module also looks for it in the
+parent folder of the plugins folder (the repository root when the
+plugins folder is the repository's ``plugins/``). A missing package shows
+as an error on the module, not as a missing module.
+
+|
+
+============ ============ ===============
+Supports 2D? Supports 3D? Respects masks?
+============ ============ ===============
+YES          NO           YES
+============ ============ ===============
+
+Masks: tiles without any unmasked input pixel are skipped; the outputs
+carry the input mask scaled up by the factor.
+
+Measurements made by this module
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+Per image set, suffixed with the first output image name (e.g.
+``SuperResolveRLS_LRPSNR_DNA``):
+
+-  *LRPSNR*: how well the result, shrunk back to LR, matches the LR input
+   (dB; higher is more faithful; typically 30-45 dB).
+-  *ConvergedFraction*: fraction of tiles (x samples) whose search
+   reached the LR-consistency target. Low values: more steps are needed
+   or the model does not fit these images.
+-  *Seconds*: time spent in the search.
+-  *NumberOfTiles*: number of LR tiles super-resolved.
+
+References
+^^^^^^^^^^
+
+-  Gheisari M, Genovesio A. Reconstructing interpretable features in
+   computational super-resolution microscopy via regularized latent
+   search. *Biological Imaging* (2024).
+   https://www.cambridge.org/core/journals/biological-imaging/article/reconstructing-interpretable-features-in-computational-superresolution-microscopy-via-regularized-latent-search/276254C2F3C97BDCF968EB1D9B7A6F77
+   ; arXiv:2405.19112
+-  Menon S et al. PULSE: self-supervised photo upsampling via latent
+   space exploration of generative models. CVPR 2020. arXiv:2003.03808
+-  Marinescu RV et al. Bayesian image reconstruction using deep
+   generative models (BRGM). ICLR 2021 (workshop). arXiv:2012.09967
+-  Karras T et al. Analyzing and improving the image quality of
+   StyleGAN (StyleGAN2). CVPR 2020. arXiv:1912.04958
+-  Wulff J, Torralba A. Improving inversion and generation diversity in
+   StyleGAN using a Gaussianized latent space. arXiv:2004.00049
+"""
+
+# Python 3.9 syntax on purpose: the same file loads in CellProfiler 4.2 (Python 3.8/3.9).
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import numpy
+
+from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, IMAGE
+from cellprofiler_core.image import Image
+from cellprofiler_core.module import Module
+from cellprofiler_core.setting import Binary, Divider, SettingsGroup, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.subscriber import ImageSubscriber
+from cellprofiler_core.setting.text import Directory, Filename, Float, ImageName, Integer, Text
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["SuperResolveRLS"]
+
+#: models shipped in rls_core/models (fixed so that saved pipelines stay loadable everywhere)
+SHIPPED_MODELS = ("translocation", "golgi")
+CUSTOM_MODEL = "Custom file..."
+MAX_CHANNELS = 4
+
+#: method choice shown to the user -> rls_core method name
+METHODS = {
+    "RLS": "rls",
+    "PULSE": "pulse",
+    "BRGM": "brgm",
+    "w/o regularisation": "plain",
+    "bicubic": "bicubic",
+}
+
+DEVICE_AUTO, DEVICE_CPU, DEVICE_GPU = "Automatic", "CPU", "GPU"
+DEVICES = {DEVICE_AUTO: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
+
+#: RLS's prior weights at realism 1 (rls_core.search.RLS.defaults; a test checks they agree)
+RLS_PRIOR_DEFAULTS = {"lambda_logp": 0.002, "lambda_pnorm": 0.004, "lambda_cross": 0.5}
+
+C_SUPERRESOLVE = "SuperResolveRLS"
+F_LRPSNR, F_CONVERGED, F_SECONDS, F_TILES = "LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles"
+FEATURES = ((F_LRPSNR, COLTYPE_FLOAT), (F_CONVERGED, COLTYPE_FLOAT), (F_SECONDS, COLTYPE_FLOAT),
+            (F_TILES, COLTYPE_INTEGER))
+
+INSTALL_HINT = (
+    "Install it into CellProfiler's Python with `pip install -e <SuperResolveRLS folder>` "
+    "(this also needs PyTorch), or keep this plugin in the repository's plugins/ folder."
+)
+
+
+def import_rls_core():
+    """Import rls_core (and torch through it); fall back to the repository that holds this plugin.
+
+    Raises ImportError with an installation hint. Done lazily so that a missing dependency
+    shows as a validation error instead of a module missing from "Add modules".
+    """
+    try:
+        import rls_core.api  # noqa: F401
+    except ImportError as first:
+        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isdir(os.path.join(repo_root, "rls_core")) and repo_root not in sys.path:
+            sys.path.append(repo_root)
+            try:
+                import rls_core.api  # noqa: F401,F811
+            except ImportError as second:
+                raise ImportError("SuperResolveRLS cannot import rls_core from %s (%s). %s"
+                                  % (repo_root, second, INSTALL_HINT)) from None
+        else:
+            raise ImportError("SuperResolveRLS needs the rls_core package (%s). %s"
+                              % (first, INSTALL_HINT)) from None
+    import rls_core
+    return rls_core
+
+
+def share_cpu_between_workers(torch) -> None:
+    """Give each CellProfiler analysis worker its share of the CPU cores for PyTorch.
+
+    The GUI's analysis runs one worker process per core by default; PyTorch in each would start
+    a thread per core and the workers would slow each other down many times over. Headless
+    `cellprofiler -c` runs in one process and keeps all cores.
+    """
+    main = sys.modules.get("__main__")
+    path = (getattr(main, "__file__", "") or "").replace("\\", "/")
+    if not path.endswith("cellprofiler_core/worker/__init__.py"):
+        return
+    try:
+        from cellprofiler_core.preferences import get_max_workers
+
+        workers = max(1, int(get_max_workers()))
+    except Exception:  # preferences unavailable: leave PyTorch's default
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_MODEL_INFO = {}  # type: Dict[Tuple[str, float, int], Tuple[str, List[str], int, bool]]
+
+
+def model_info(path: str) -> Tuple[str, List[str], int, bool]:
+    """(name, channel names, tile resolution, has prior) of a bundle, cached on (path, mtime, size).
+
+    Reads the file without building the network, so validation stays cheap in the GUI.
+    Raises rls_core.bundle.BundleError for anything that is not a usable bundle.
+    """
+    import_rls_core()
+    from rls_core.bundle import load_bundle
+
+    st = os.stat(path) if os.path.exists(path) else None
+    key = (os.path.abspath(path), st.st_mtime if st else -1.0, st.st_size if st else -1)
+    if key not in _MODEL_INFO:
+        b = load_bundle(path)
+        _MODEL_INFO.clear()  # keep one entry: bundles can be large
+        _MODEL_INFO[key] = (b.name, list(b.channel_names), int(b.generator_config["resolution"]), b.has_prior)
+    return _MODEL_INFO[key]
+
+
+class SuperResolveRLS(Module):
+    module_name = "SuperResolveRLS"
+    category = "Image Processing"
+    variable_revision_number = 1
+    doi = {
+        "Please cite the RLS paper when using SuperResolveRLS:": "https://arxiv.org/abs/2405.19112",
+        "If you use PULSE, also cite:": "https://arxiv.org/abs/2003.03808",
+        "If you use BRGM, also cite:": "https://arxiv.org/abs/2012.09967",
+    }
+
+    # ------------------------------------------------------------------ settings
+    def create_settings(self) -> None:
+        self.model_choice = Choice(
+            "Model", list(SHIPPED_MODELS) + [CUSTOM_MODEL], value=SHIPPED_MODELS[0],
+            doc="""\
+The generative model that knows what HR images of your cells look like.
+
+-  *translocation*: channels DNA, NFkB (NF-kB nuclear translocation assay).
+-  *golgi*: channels DNA, Golgi (Golgi dispersal assay).
+-  *%(CUSTOM_MODEL)s*: a model file (``.h5``) that you trained with
+   ``rls train`` and ``rls fit-prior`` on HR images of your own assay.
+
+The model must have been trained on images like yours (same stains,
+similar magnification at HR); otherwise the result looks realistic but is
+wrong. Use *bicubic* as a sanity check.""" % globals(),
+        )
+        self.model_directory = Directory(
+            "Folder holding the model file",
+            doc="*(Used only for a custom model)* Folder that holds the model file (``.h5``).",
+        )
+
+        def get_directory_fn():
+            return self.model_directory.get_absolute_path()
+
+        def set_directory_fn(path):
+            dir_choice, custom_path = self.model_directory.get_parts_from_path(path)
+            self.model_directory.join_parts(dir_choice, custom_path)
+
+        self.model_file = Filename(
+            "Model file name", "model.h5", get_directory_fn=get_directory_fn, set_directory_fn=set_directory_fn,
+            browse_msg="Choose a SuperResolveRLS model file", exts=[("Model bundle (*.h5)", "*.h5")],
+            doc="*(Used only for a custom model)* Name of the model file, e.g. ``my_assay.h5``.",
+        )
+        self.channel_count = Integer(
+            "Number of channels", 2, minval=1, maxval=MAX_CHANNELS,
+            doc="""\
+How many images make up one field. This must equal the number of
+channels of the model (2 for the shipped models). The channels are
+super-resolved together.""",
+        )
+        self.channels = []  # type: List[SettingsGroup]
+        for i in range(MAX_CHANNELS):
+            group = SettingsGroup()
+            group.append("divider", Divider(line=False))
+            group.append("input_image", ImageSubscriber(
+                "Select the LR image for model channel %d" % (i + 1), "None",
+                doc="""\
+The low-resolution image for channel %d of the model. Give the images in
+the model's channel order (translocation: DNA, NFkB; golgi: DNA, Golgi);
+the module names the order when it does not match. Images must be
+grayscale and all of the same size.""" % (i + 1),
+            ))
+            group.append("output_image", ImageName(
+                "Name the super-resolved image", "SuperResolved%d" % (i + 1),
+                doc="Name of the HR image made from this channel, for use by later modules.",
+            ))
+            self.channels.append(group)
+
+        self.factor = Integer(
+            "Upscaling factor", 16, minval=2, maxval=64,
+            doc="""\
+How many times larger (in each direction) the output is than the input.
+The LR tile is the model's tile size divided by this factor, so the
+factor must divide it: 16 or 32 for the shipped 128-pixel models (an LR
+tile of 8 or 4 pixels). Use the factor between your LR and HR imaging
+(e.g. 16 for a 4x objective vs a 64x one, with equal camera pixels).""",
+        )
+        self.method = Choice(
+            "Method", list(METHODS), value="RLS",
+            doc="""\
+-  *RLS*: regularized latent search (recommended).
+-  *PULSE*, *BRGM*: earlier latent-search methods, for comparison.
+-  *w/o regularisation*: the search without priors (most faithful to
+   LR pixels, least realistic).
+-  *bicubic*: interpolation only; fast, blurry, the reference baseline.""",
+        )
+        self.realism = Float(
+            "Fidelity vs realism", 1.0, minval=0.0, maxval=100.0,
+            doc="""\
+Multiplies the strength of all priors. *0*: no prior (faithful to the
+LR pixels, possibly unrealistic); *1*: the published setting; *2* or more:
+more realistic cells that may match the LR image less closely. Change
+this when segmentation on the output fails because cells look noisy
+(increase) or because they look plausible but do not match the LR image
+(decrease).""",
+        )
+        self.steps = Integer(
+            "Search steps", 200, minval=1, maxval=100000,
+            doc="""\
+Optimisation steps per tile. More steps fit the LR image better and take
+proportionally longer. 200 is a good interactive value; the paper uses
+500. Check *ConvergedFraction* in the measurements: if it is low, use
+more steps.""",
+        )
+        self.samples = Integer(
+            "Number of samples (uncertainty)", 1, minval=1, maxval=64,
+            doc="""\
+*1*: one search per tile. *K > 1*: K searches from random starts; the
+output is their mean and an uncertainty image (per-pixel standard
+deviation) is added for each channel. Costs K times more.""",
+        )
+        self.uncertainty_suffix = Text(
+            "Suffix for the uncertainty image names", "_Uncertainty",
+            doc="""\
+*(Used only with more than one sample)* The uncertainty image of an
+output named *X* is named *X* followed by this suffix, e.g.
+``DNA_Uncertainty``.""",
+        )
+        self.seed = Integer(
+            "Random seed", 0, minval=0,
+            doc="Seed of the random numbers of the search. The same seed gives the same result.",
+        )
+        self.device = Choice(
+            "Compute device", [DEVICE_AUTO, DEVICE_CPU, DEVICE_GPU], value=DEVICE_AUTO,
+            doc="""\
+*%(DEVICE_AUTO)s* uses an NVIDIA GPU when PyTorch can see one, else the
+CPU. *%(DEVICE_GPU)s* fails with an error if no GPU is usable (install a
+CUDA build of PyTorch); *%(DEVICE_CPU)s* always uses the CPU.""" % globals(),
+        )
+        self.gpu_memory_share = Float(
+            "GPU memory share", 1.0, minval=0.1, maxval=1.0,
+            doc="""\
+*(Used only on a GPU)* Largest fraction of the GPU's memory this module
+may use in each CellProfiler worker. Lower it (e.g. to 1 / number of
+workers) when several workers share one GPU.""",
+        )
+        self.auto_overlap = Binary(
+            "Automatic tile overlap?", True,
+            doc="""\
+Neighbouring tiles overlap and are blended to avoid seams. *Yes* uses a
+quarter of the LR tile; *No* lets you choose.""",
+        )
+        self.overlap = Integer(
+            "Tile overlap (LR pixels)", 2, minval=0,
+            doc="""\
+*(Used only without automatic overlap)* LR pixels shared by neighbouring
+tiles: more overlap means fewer seams and more tiles (slower). Must be
+smaller than the LR tile.""",
+        )
+        self.show_advanced = Binary(
+            "Show advanced settings?", False,
+            doc="Show the individual prior weights and the batch size.",
+        )
+        self.lambda_logp = Float(
+            "Prior weight of the latent likelihood (lambda_logp)", RLS_PRIOR_DEFAULTS["lambda_logp"], minval=0.0,
+            doc="*(RLS only)* Weight of the learned likelihood of the latent code (p_w, log p).",
+        )
+        self.lambda_pnorm = Float(
+            "Prior weight of the latent norm (lambda_pnorm)", RLS_PRIOR_DEFAULTS["lambda_pnorm"], minval=0.0,
+            doc="*(RLS only)* Weight keeping the Gaussianised latent code at its typical length (p_w, norm).",
+        )
+        self.lambda_cross = Float(
+            "Prior weight of the cross-layer consistency (lambda_cross)", RLS_PRIOR_DEFAULTS["lambda_cross"], minval=0.0,
+            doc="""\
+*(RLS only)* Weight keeping the latent codes of the generator's layers
+close to each other (p_cross). These weights are multiplied by the
+fidelity-vs-realism knob.""",
+        )
+        self.batch_size = Integer(
+            "Batch size (tiles x samples)", 32, minval=1, maxval=4096,
+            doc="""\
+How many tiles are searched at once. Larger is faster on a GPU until
+memory runs out; lower it after an out-of-memory error.""",
+        )
+
+    def settings(self) -> list:
+        result = [self.model_choice, self.model_directory, self.model_file, self.channel_count]
+        for group in self.channels:
+            result += [group.input_image, group.output_image]
+        result += [self.factor, self.method, self.realism, self.steps, self.samples, self.uncertainty_suffix,
+                   self.seed, self.device, self.gpu_memory_share, self.auto_overlap, self.overlap,
+                   self.show_advanced, self.lambda_logp, self.lambda_pnorm, self.lambda_cross, self.batch_size]
+        return result
+
+    def visible_settings(self) -> list:
+        result = [self.model_choice]
+        if self.model_choice.value == CUSTOM_MODEL:
+            result += [self.model_directory, self.model_file]
+        result += [self.channel_count]
+        for group in self.active_channels():
+            result += [group.divider, group.input_image, group.output_image]
+        result += [self.factor, self.method]
+        if self.method_name() != "bicubic":
+            result += [self.realism, self.steps, self.samples]
+            if self.samples.value > 1:
+                result += [self.uncertainty_suffix]
+            result += [self.seed]
+        result += [self.device]
+        if self.device.value != DEVICE_CPU:
+            result += [self.gpu_memory_share]
+        if self.method_name() != "bicubic":
+            result += [self.auto_overlap]
+            if not self.auto_overlap.value:
+                result += [self.overlap]
+        result += [self.show_advanced]
+        if self.show_advanced.value:
+            if self.method_name() == "rls":
+                result += [self.lambda_logp, self.lambda_pnorm, self.lambda_cross]
+            result += [self.batch_size]
+        return result
+
+    def help_settings(self) -> list:
+        return [self.model_choice, self.model_directory, self.model_file, self.channel_count,
+                self.channels[0].input_image, self.channels[0].output_image, self.factor, self.method,
+                self.realism, self.steps, self.samples, self.uncertainty_suffix, self.seed, self.device,
+                self.gpu_memory_share, self.auto_overlap, self.overlap, self.show_advanced, self.lambda_logp,
+                self.lambda_pnorm, self.lambda_cross, self.batch_size]
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        """Bring settings saved by an older revision to the current layout.
+
+        Revision 1 is the first; a later revision adds `if variable_revision_number == 1: ...;
+        variable_revision_number = 2` here, one step per revision.
+        """
+        return setting_values, variable_revision_number
+
+    # ------------------------------------------------------------------ helpers
+    def active_channels(self) -> List[SettingsGroup]:
+        n = min(max(int(self.channel_count.value), 1), MAX_CHANNELS)
+        return self.channels[:n]
+
+    def method_name(self) -> str:
+        return METHODS.get(self.method.value, "rls")
+
+    def output_names(self) -> List[str]:
+        return [g.output_image.value for g in self.active_channels()]
+
+    def uncertainty_names(self) -> List[str]:
+        if self.method_name() == "bicubic" or self.samples.value <= 1:
+            return []
+        return [name + self.uncertainty_suffix.value for name in self.output_names()]
+
+    def model_reference(self) -> str:
+        """Shipped model name or absolute path of the custom model file."""
+        if self.model_choice.value == CUSTOM_MODEL:
+            return os.path.join(self.model_directory.get_absolute_path(), self.model_file.value)
+        return self.model_choice.value
+
+    def model_path(self) -> str:
+        """Path of the model file; raises BundleError (unknown name / missing file) or ImportError."""
+        import_rls_core()
+        from rls_core.bundle import BundleError
+        from rls_core.registry import MODELS_DIR, list_models
+
+        ref = self.model_reference()
+        if self.model_choice.value != CUSTOM_MODEL:
+            shipped = list_models()
+            if ref not in shipped:
+                raise BundleError(ref, "this shipped model is not installed (expected %s)"
+                                  % os.path.join(str(MODELS_DIR), ref + ".h5"),
+                                  "Train or copy it there, or choose '%s' and select a model file" % CUSTOM_MODEL)
+            return str(shipped[ref])
+        if not os.path.isfile(ref):
+            raise BundleError(ref, "model file not found", "Check the folder and file name of the custom model")
+        return ref
+
+    def weights(self) -> Optional[Dict[str, float]]:
+        if self.method_name() != "rls" or not self.show_advanced.value:
+            return None
+        return {"lambda_logp": self.lambda_logp.value, "lambda_pnorm": self.lambda_pnorm.value,
+                "lambda_cross": self.lambda_cross.value}
+
+    def feature_name(self, feature: str) -> str:
+        return "%s_%s_%s" % (C_SUPERRESOLVE, feature, self.output_names()[0])
+
+    # ------------------------------------------------------------------ validation
+    def validate_module(self, pipeline) -> None:
+        if pipeline.volumetric():
+            raise ValidationError("SuperResolveRLS works on 2D images only; this pipeline processes 3D stacks.",
+                                  self.model_choice)
+        names = self.output_names() + self.uncertainty_names()
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                setting = self.active_channels()[min(i, len(self.active_channels()) - 1)].output_image
+                raise ValidationError("The output image name '%s' is used twice; give every output a different name."
+                                      % name, setting)
+        try:
+            import_rls_core()
+        except ImportError as e:
+            raise ValidationError(str(e), self.model_choice)
+        from rls_core.bundle import BundleError
+
+        model_setting = self.model_file if self.model_choice.value == CUSTOM_MODEL else self.model_choice
+        try:
+            name, channel_names, resolution, has_prior = model_info(self.model_path())
+        except BundleError as e:
+            raise ValidationError("Cannot use the model: %s" % e, model_setting)
+        n = len(channel_names)
+        if int(self.channel_count.value) != n:
+            raise ValidationError(
+                "The model '%s' has %d channel(s): %s. Set the number of channels to %d and select the images "
+                "in this order." % (name, n, ", ".join(channel_names), n), self.channel_count)
+        factor = int(self.factor.value)
+        if resolution % factor != 0 or resolution // factor < 2:
+            ok = [f for f in (2, 4, 8, 16, 32, 64) if resolution % f == 0 and resolution // f >= 2]
+            raise ValidationError(
+                "The factor %d does not fit the model '%s' (%d-pixel tiles); choose one of %s."
+                % (factor, name, resolution, ", ".join(map(str, ok))), self.factor)
+        needs_prior = self.method_name() == "pulse" or (
+            self.method_name() in ("rls", "brgm") and float(self.realism.value) > 0)
+        if needs_prior and not has_prior:
+            raise ValidationError(
+                "The model '%s' has no latent prior, which %s needs: run `rls fit-prior` on the model file, or "
+                "choose 'w/o regularisation'." % (name, self.method.value), self.method)
+        if self.method_name() != "bicubic" and not self.auto_overlap.value:
+            tile = resolution // factor
+            if int(self.overlap.value) >= tile:
+                raise ValidationError("The tile overlap must be smaller than the LR tile (%d pixels at %dx)."
+                                      % (tile, factor), self.overlap)
+
+    def other_providers(self, group: str) -> List[str]:
+        """Uncertainty images are named from the outputs, so announce them to later modules."""
+        if group == "imagegroup":
+            return self.uncertainty_names()
+        return []
+
+    def volumetric(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ run
+    def run(self, workspace) -> None:
+        try:
+            import_rls_core()
+        except ImportError as e:
+            raise RuntimeError(str(e)) from None
+        import torch
+        from rls_core.api import InputError, super_resolve
+        from rls_core.bundle import BundleError
+        from rls_core.model import resolve_device
+
+        groups = self.active_channels()
+        images = [workspace.image_set.get_image(g.input_image.value, must_be_grayscale=True) for g in groups]
+        if any(im.dimensions != 2 for im in images):
+            raise ValueError("SuperResolveRLS: the input images must be 2D; 3D stacks are not supported.")
+        pixels = [im.pixel_data for im in images]
+        lr_mask = None
+        if any(im.has_mask for im in images) and len({p.shape for p in pixels}) == 1:
+            lr_mask = numpy.logical_and.reduce([numpy.asarray(im.mask, bool) for im in images])
+            if lr_mask.all():
+                lr_mask = None
+
+        method = self.method_name()
+        try:
+            device = resolve_device(DEVICES[self.device.value])
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeError("SuperResolveRLS: %s" % e) from None
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(float(self.gpu_memory_share.value), device)
+        else:
+            share_cpu_between_workers(torch)
+
+        last_logged = [-1]
+
+        def progress(done: int, total: int) -> None:  # the log shows how far a long search is
+            pct = int(100 * done / max(total, 1)) // 10 * 10
+            if pct != last_logged[0]:
+                last_logged[0] = pct
+                LOGGER.info("SuperResolveRLS: %d%% of the search done", pct)
+
+        try:
+            result = super_resolve(
+                pixels, self.model_path(), int(self.factor.value), method,
+                steps=int(self.steps.value), samples=int(self.samples.value) if method != "bicubic" else 1,
+                seed=int(self.seed.value), device=str(device), realism=float(self.realism.value),
+                weights=self.weights(), overlap=None if self.auto_overlap.value else int(self.overlap.value),
+                batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress)
+        except (InputError, BundleError) as e:
+            raise ValueError("SuperResolveRLS: %s" % e) from None
+
+        hr_shape = result.image.shape[1:]
+        hr_mask = result.mask if result.mask is not None else numpy.ones(hr_shape, bool)
+        for c, (group, im) in enumerate(zip(groups, images)):
+            # Own mask of the HR shape: an image inheriting the LR parent's mask breaks later modules.
+            out = Image(result.image[c], mask=hr_mask, path_name=im.path_name, file_name=im.file_name,
+                        scale=im.scale)
+            workspace.image_set.add(group.output_image.value, out)
+        unc_names = self.uncertainty_names()
+        if result.std is not None and unc_names:
+            for c, name in enumerate(unc_names):
+                workspace.image_set.add(name, Image(result.std[c], mask=hr_mask))
+
+        m = workspace.measurements
+        values = {F_LRPSNR: float(result.lr_psnr), F_CONVERGED: float(result.converged_fraction),
+                  F_SECONDS: float(result.seconds), F_TILES: int(result.n_tiles)}
+        for feature, value in values.items():
+            m.add_image_measurement(self.feature_name(feature), value)
+
+        if self.show_window:
+            d = workspace.display_data
+            d.input_names = [g.input_image.value for g in groups]
+            d.output_names = [g.output_image.value for g in groups]
+            d.channel_names = list(result.channel_names)
+            d.lr = pixels
+            d.sr = list(result.image)
+            d.std = list(result.std) if (result.std is not None and unc_names) else None
+            d.statistics = [
+                ["Method", "%s %dx (%s)" % (self.method.value, result.factor, result.model)],
+                ["LR consistency (PSNR)", "%.1f dB" % result.lr_psnr],
+                ["Converged tiles", "%.0f%%" % (100 * result.converged_fraction)],
+                ["Tiles", str(result.n_tiles)],
+                ["Seconds", "%.1f" % result.seconds],
+            ]
+
+    def display(self, workspace, figure) -> None:
+        d = workspace.display_data
+        n = len(d.sr)
+        cols = 3 if d.std is not None else 2
+        figure.set_subplots((cols + 1, n))
+        for i in range(n):
+            label = "%s (%s)" % (d.output_names[i], d.channel_names[i])
+            figure.subplot_imshow_grayscale(0, i, d.lr[i], title="LR input: %s" % d.input_names[i])
+            figure.subplot_imshow_grayscale(1, i, d.sr[i], title="Super-resolved: %s" % label)
+            if d.std is not None:
+                figure.subplot_imshow_grayscale(2, i, d.std[i], title="Uncertainty (std): %s" % label)
+        figure.subplot_table(cols, 0, d.statistics, col_labels=("Measurement", "Value"), n_rows=n)
+
+    def post_run(self, workspace) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Drop cached models and release GPU memory (called after each analysis run)."""
+        if "rls_core.model" in sys.modules:
+            sys.modules["rls_core.model"].clear_cache()
+
+    # ------------------------------------------------------------------ measurements
+    def get_measurement_columns(self, pipeline) -> list:
+        return [(IMAGE, self.feature_name(f), t) for f, t in FEATURES]
+
+    def get_categories(self, pipeline, object_name) -> List[str]:
+        return [C_SUPERRESOLVE] if object_name == IMAGE else []
+
+    def get_measurements(self, pipeline, object_name, category) -> List[str]:
+        if object_name == IMAGE and category == C_SUPERRESOLVE:
+            return [f for f, _ in FEATURES]
+        return []
+
+    def get_measurement_images(self, pipeline, object_name, category, measurement) -> List[str]:
+        if object_name == IMAGE and category == C_SUPERRESOLVE and measurement in dict(FEATURES):
+            return [self.output_names()[0]]
+        return []
+
+
+# CellProfiler shows the class docstring as the module's help: use the module docstring above.
+SuperResolveRLS.__doc__ = __doc__

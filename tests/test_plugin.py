@@ -1,0 +1,413 @@
+"""The SuperResolveRLS CellProfiler module on its own, in real CellProfiler 5 (headless).
+
+Settings round-trip through a saved pipeline, every validation error, and runs on a tiny real
+model in a real workspace: output shapes, masks, measurements, uncertainty images, run-time
+errors, and a downstream IdentifyPrimaryObjects on the SR output (the mask gotcha).
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_make_pipelines():
+    """pipelines/make_pipelines.py as a module (it holds the headless CellProfiler set-up)."""
+    spec = importlib.util.spec_from_file_location("make_pipelines", ROOT / "pipelines" / "make_pipelines.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_torch_rng():
+    """Leave torch's global random state as found: later test files draw unseeded numbers."""
+    import torch
+
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
+
+
+@pytest.fixture(scope="session")
+def cp():
+    """Headless CellProfiler with the repository's plugins (once per session)."""
+    import sys
+
+    mp = sys.modules.get("make_pipelines") or load_make_pipelines()
+    sys.modules["make_pipelines"] = mp
+    mp.init_cellprofiler()
+    return mp
+
+
+@pytest.fixture
+def sr_module(cp, tiny_model_path):
+    return make_module(tiny_model_path)
+
+
+def make_module(model_path, channels=("DNA_LR", "NFkB_LR"), outputs=("DNA", "NFkB"), **settings):
+    from cellprofiler_core.preferences import ABSOLUTE_FOLDER_NAME
+    from cellprofiler_core.utilities.core.modules import instantiate_module
+
+    m = instantiate_module("SuperResolveRLS")
+    m.set_module_num(1)
+    m.model_choice.value = "Custom file..."
+    m.model_directory.join_parts(ABSOLUTE_FOLDER_NAME, str(Path(model_path).parent))
+    m.model_file.value = Path(model_path).name
+    m.channel_count.value = len(channels)
+    for g, lr, out in zip(m.channels, channels, outputs):
+        g.input_image.value = lr
+        g.output_image.value = out
+    defaults = dict(factor=8, steps=3, device="CPU", batch_size=64)
+    defaults.update(settings)
+    for k, v in defaults.items():
+        getattr(m, k).value = v
+    return m
+
+
+def workspace_for(module, images, masks=None):
+    """A real CellProfiler workspace holding `images` (name -> 2-D array) for `module`."""
+    from cellprofiler_core.image import Image, ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.workspace import Workspace
+
+    pipeline = Pipeline()
+    pipeline.add_module(module)
+    isl = ImageSetList()
+    image_set = isl.get_image_set(0)
+    for name, px in images.items():
+        mask = None if masks is None else masks.get(name)
+        image_set.add(name, Image(px, mask=mask) if mask is not None else Image(px))
+    return Workspace(pipeline, module, image_set, ObjectSet(), Measurements(), isl)
+
+
+def lr_pair(shape=(8, 12), seed=0):
+    rng = np.random.default_rng(seed)
+    return {"DNA_LR": rng.uniform(0.0, 0.08, shape).astype(np.float32),
+            "NFkB_LR": rng.uniform(0.0, 0.05, shape).astype(np.float32)}
+
+
+def validation_message(module, pipeline=None):
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.setting import ValidationError
+
+    if pipeline is None:
+        pipeline = Pipeline()
+        pipeline.add_module(module)
+    try:
+        module.validate_module(pipeline)
+    except ValidationError as e:
+        return e.message, e.get_setting()
+    return None, None
+
+
+# ----------------------------------------------------------------------------- loading, settings
+def test_plugin_registered(cp):
+    from cellprofiler_core.utilities.core.modules import get_module_class
+
+    cls = get_module_class("SuperResolveRLS")
+    assert cls.category == "Image Processing"
+    assert cls.variable_revision_number == 1
+    doc = cls.__doc__
+    for needle in ("Respects masks?", "2405.19112", "2003.03808", "2012.09967", "1912.04958", "2004.00049"):
+        assert needle in doc
+    # heavy dependencies are imported lazily, not at plugin import
+    src = (ROOT / "plugins" / "superresolverls.py").read_text()
+    head = src.split("class SuperResolveRLS")[0]
+    assert "\nimport torch" not in head and "\nfrom rls_core" not in head and "\nimport rls_core" not in head
+
+
+def test_settings_round_trip(cp, tiny_model_path):
+    from cellprofiler_core.pipeline import Pipeline
+
+    m = make_module(tiny_model_path, method="PULSE", realism=2.5, steps=17, samples=3,
+                    uncertainty_suffix="_Std", seed=11, gpu_memory_share=0.5, auto_overlap=False, overlap=1,
+                    show_advanced=True, lambda_logp=0.01, lambda_pnorm=0.02, lambda_cross=0.3, batch_size=7)
+    p = Pipeline()
+    p.add_module(m)
+    buf = io.StringIO()
+    p.dump(buf, save_image_plane_details=False)
+    p2 = Pipeline()
+    p2.loadtxt(io.StringIO(buf.getvalue()))
+    m2 = p2.modules()[0]
+    assert m2.module_name == "SuperResolveRLS"
+    assert [s.value_text for s in m2.settings()] == [s.value_text for s in m.settings()]
+    assert m2.model_reference() == str(tiny_model_path)
+    assert m2.uncertainty_names() == ["DNA_Std", "NFkB_Std"]  # K = 3 samples
+    m2.method.value = "bicubic"
+    assert m2.uncertainty_names() == []  # no search, no samples
+
+
+def test_upgrade_settings_identity(cp, sr_module):
+    values = [s.value_text for s in sr_module.settings()]
+    assert sr_module.upgrade_settings(list(values), 1, "SuperResolveRLS") == (values, 1)
+
+
+def test_prior_defaults_match_rls_core(cp):
+    from rls_core.search import RLS
+
+    mod = __import__("superresolverls")
+    for k, v in mod.RLS_PRIOR_DEFAULTS.items():
+        assert RLS.defaults[k] == v
+
+
+def test_visible_settings_follow_choices(cp, sr_module):
+    m = sr_module
+    vis = m.visible_settings()
+    assert m.model_file in vis and m.channels[2].input_image not in vis and m.lambda_cross not in vis
+    m.method.value = "bicubic"
+    assert m.steps not in m.visible_settings()
+    m.method.value = "RLS"
+    m.show_advanced.value = True
+    m.samples.value = 2
+    vis = m.visible_settings()
+    assert m.lambda_cross in vis and m.batch_size in vis and m.uncertainty_suffix in vis
+
+
+# ----------------------------------------------------------------------------- validation
+def test_validates_with_tiny_model(cp, sr_module):
+    assert validation_message(sr_module) == (None, None)
+
+
+def test_validation_missing_model_file(cp, tmp_path):
+    m = make_module(tmp_path / "nope.h5")
+    msg, setting = validation_message(m)
+    assert "not found" in msg and "nope.h5" in msg
+    assert setting is m.model_file
+
+
+def test_validation_not_a_bundle(cp, tmp_path):
+    import h5py
+
+    text = tmp_path / "notes.h5"
+    text.write_text("not a model")
+    msg, _ = validation_message(make_module(text))
+    assert "not an HDF5 file" in msg
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    msg, _ = validation_message(make_module(other))
+    assert "not a SuperResolveRLS model bundle" in msg
+
+
+def test_validation_channel_count_names_model_channels(cp, tiny_model_path):
+    m = make_module(tiny_model_path, channels=("DNA_LR",), outputs=("DNA",))
+    msg, setting = validation_message(m)
+    assert setting is m.channel_count
+    assert "2 channel(s): DNA, NFkB" in msg
+
+
+def test_validation_factor_and_overlap(cp, tiny_model_path):
+    m = make_module(tiny_model_path, factor=3)
+    msg, setting = validation_message(m)
+    assert setting is m.factor and "choose one of 2, 4, 8, 16" in msg
+    m = make_module(tiny_model_path, factor=8, auto_overlap=False, overlap=4)
+    msg, setting = validation_message(m)
+    assert setting is m.overlap and "smaller than the LR tile (4 pixels" in msg
+
+
+def test_validation_duplicate_outputs(cp, tiny_model_path):
+    m = make_module(tiny_model_path, outputs=("Same", "Same"))
+    msg, setting = validation_message(m)
+    assert "used twice" in msg and setting is m.channels[1].output_image
+
+
+def test_validation_model_without_prior(cp, tmp_path):
+    from conftest import make_tiny_bundle
+
+    path = make_tiny_bundle(tmp_path / "noprior.h5", with_prior=False)
+    m = make_module(path)
+    msg, setting = validation_message(m)
+    assert "no latent prior" in msg and setting is m.method
+    m.method.value = "w/o regularisation"
+    assert validation_message(m) == (None, None)
+
+
+def test_validation_shipped_model_missing(cp):
+    from rls_core.registry import list_models
+    from cellprofiler_core.utilities.core.modules import instantiate_module
+
+    missing = [n for n in ("translocation", "golgi") if n not in list_models()]
+    if not missing:
+        pytest.skip("both shipped models are installed")
+    m = instantiate_module("SuperResolveRLS")
+    m.model_choice.value = missing[0]
+    msg, setting = validation_message(m)
+    assert "not installed" in msg and setting is m.model_choice
+
+
+# ----------------------------------------------------------------------------- running
+def test_run_outputs_shapes_masks_measurements(cp, sr_module):
+    from cellprofiler_core.constants.measurement import IMAGE
+
+    ws = workspace_for(sr_module, lr_pair())
+    sr_module.run(ws)
+    for name in ("DNA", "NFkB"):
+        img = ws.image_set.get_image(name)
+        assert img.pixel_data.shape == (64, 96)
+        assert img.mask.shape == (64, 96) and img.mask.all()
+        assert np.isfinite(img.pixel_data).all()
+    cols = sr_module.get_measurement_columns(ws.pipeline)
+    assert [c[1] for c in cols] == ["SuperResolveRLS_LRPSNR_DNA", "SuperResolveRLS_ConvergedFraction_DNA",
+                                    "SuperResolveRLS_Seconds_DNA", "SuperResolveRLS_NumberOfTiles_DNA"]
+    for _, feature, _ in cols:
+        value = ws.measurements.get_current_image_measurement(feature)
+        assert value is not None and math.isfinite(float(value))
+    assert ws.measurements.get_current_image_measurement("SuperResolveRLS_NumberOfTiles_DNA") > 0
+    assert sr_module.get_categories(ws.pipeline, IMAGE) == ["SuperResolveRLS"]
+    assert "LRPSNR" in sr_module.get_measurements(ws.pipeline, IMAGE, "SuperResolveRLS")
+    assert sr_module.get_measurement_images(ws.pipeline, IMAGE, "SuperResolveRLS", "LRPSNR") == ["DNA"]
+
+
+def test_run_respects_mask_and_feeds_identify_primary(cp, sr_module):
+    """The SR output carries an upscaled mask (not the LR parent's), so later modules work."""
+    from cellprofiler_core.utilities.core.modules import instantiate_module
+    from cellprofiler_core.workspace import Workspace
+
+    images = lr_pair((8, 8))
+    lr_mask = np.zeros((8, 8), bool)
+    lr_mask[:, :4] = True
+    ws = workspace_for(sr_module, images, masks={"DNA_LR": lr_mask})
+    sr_module.run(ws)
+    out = ws.image_set.get_image("DNA")
+    assert out.pixel_data.shape == (64, 64)
+    np.testing.assert_array_equal(out.mask, np.kron(lr_mask, np.ones((8, 8), bool)))
+    assert np.all(out.pixel_data[:, 32:] == 0)
+
+    ipo = instantiate_module("IdentifyPrimaryObjects")
+    ipo.set_module_num(2)
+    ipo.x_name.value = "DNA"
+    ipo.y_name.value = "Nuclei"
+    ipo.size_range.value = (2, 60)
+    ws.pipeline.add_module(ipo)
+    ws2 = Workspace(ws.pipeline, ipo, ws.image_set, ws.object_set, ws.measurements, ws.image_set_list)
+    ipo.run(ws2)  # fails with "Image to be cropped is smaller" if the LR mask leaked through
+    assert ws2.object_set.get_objects("Nuclei").segmented.shape == (64, 64)
+
+
+def test_run_uncertainty_images(cp, tiny_model_path):
+    m = make_module(tiny_model_path, samples=2, steps=2)
+    ws = workspace_for(m, lr_pair((4, 4)))
+    m.run(ws)
+    assert m.other_providers("imagegroup") == ["DNA_Uncertainty", "NFkB_Uncertainty"]
+    for name in ("DNA_Uncertainty", "NFkB_Uncertainty"):
+        u = ws.image_set.get_image(name)
+        assert u.pixel_data.shape == (32, 32) and (u.pixel_data >= 0).all() and u.mask.shape == (32, 32)
+
+
+def test_uncertainty_images_are_offered_to_later_modules(cp, tiny_model_path):
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.setting import ValidationError
+    from cellprofiler_core.utilities.core.modules import instantiate_module
+
+    m = make_module(tiny_model_path, samples=2)
+    ipo = instantiate_module("IdentifyPrimaryObjects")
+    ipo.set_module_num(2)
+    ipo.x_name.value = "NFkB_Uncertainty"
+    p = Pipeline()
+    p.add_module(m)
+    p.add_module(ipo)
+    ipo.x_name.test_valid(p)  # offered while K > 1 ...
+    m.samples.value = 1
+    with pytest.raises(ValidationError):
+        ipo.x_name.test_valid(p)  # ... and not with a single sample
+
+
+def test_run_bicubic_method(cp, tiny_model_path):
+    m = make_module(tiny_model_path, method="bicubic", samples=3)
+    ws = workspace_for(m, lr_pair((4, 6)))
+    m.run(ws)
+    assert ws.image_set.get_image("NFkB").pixel_data.shape == (32, 48)
+    assert "NFkB_Uncertainty" not in ws.image_set.names
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("nan", "NaN or infinite"),
+    ("sizes", "same size"),
+    ("small", "smaller than one LR tile"),
+    ("channels", "expects 2 channel(s) (DNA, NFkB), got 1"),
+])
+def test_run_time_errors_are_clear(cp, tiny_model_path, case, needle):
+    images = lr_pair((8, 8))
+    m = make_module(tiny_model_path)
+    if case == "nan":
+        images["DNA_LR"][2, 3] = np.nan
+    elif case == "sizes":
+        images["NFkB_LR"] = images["NFkB_LR"][:6]
+    elif case == "small":
+        images = lr_pair((3, 8))
+    elif case == "channels":
+        m = make_module(tiny_model_path, channels=("DNA_LR",), outputs=("DNA",))
+    ws = workspace_for(m, images)
+    with pytest.raises(ValueError) as err:
+        m.run(ws)
+    assert str(err.value).startswith("SuperResolveRLS: ") and needle in str(err.value)
+
+
+def test_display_draws_every_panel(cp, tiny_model_path):
+    """display() with a recording stand-in for CellProfiler's wx figure (no wx here)."""
+    m = make_module(tiny_model_path, samples=2, steps=1)
+    m.show_window = True
+    ws = workspace_for(m, lr_pair((4, 4)))
+    m.run(ws)
+    calls = []
+
+    class Figure:
+        def set_subplots(self, dims, *a, **k):
+            calls.append(("set_subplots", dims))
+
+        def subplot_imshow_grayscale(self, x, y, image, title=None, **k):
+            calls.append(("image", x, y, image.shape, title))
+
+        def subplot_table(self, x, y, statistics, **k):
+            calls.append(("table", x, y, [row[0] for row in statistics]))
+
+    m.display(ws, Figure())
+    assert calls[0] == ("set_subplots", (4, 2))
+    shapes = {(c[1], c[2]): c[3] for c in calls if c[0] == "image"}
+    assert shapes[(0, 0)] == (4, 4) and shapes[(1, 1)] == (32, 32) and shapes[(2, 1)] == (32, 32)
+    table = [c for c in calls if c[0] == "table"][0]
+    assert "LR consistency (PSNR)" in table[3] and "Converged tiles" in table[3]
+
+
+def test_post_run_releases_models(cp, sr_module):
+    import rls_core.model as model
+
+    ws = workspace_for(sr_module, lr_pair((4, 4)))
+    sr_module.run(ws)
+    assert model._CACHE
+    sr_module.post_run(ws)
+    assert not model._CACHE
+
+
+def test_cpu_threads_shared_between_analysis_workers(cp, monkeypatch):
+    """Inside a CellProfiler analysis worker, PyTorch gets cores / workers threads; elsewhere all."""
+    import os
+    import sys
+    import types
+
+    import torch
+    import cellprofiler_core.preferences as prefs
+
+    plugin = __import__("superresolverls")
+    before, workers = torch.get_num_threads(), prefs.get_max_workers()
+    try:
+        plugin.share_cpu_between_workers(torch)  # pytest is not a worker: unchanged
+        assert torch.get_num_threads() == before
+        worker_main = types.ModuleType("__main__")
+        worker_main.__file__ = "/x/site-packages/cellprofiler_core/worker/__init__.py"
+        monkeypatch.setitem(sys.modules, "__main__", worker_main)
+        prefs.set_max_workers(64)
+        plugin.share_cpu_between_workers(torch)
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 64)
+    finally:
+        torch.set_num_threads(before)
+        prefs.set_max_workers(workers)
