@@ -25,10 +25,10 @@ condition order: first condition -> B02, second -> B03; sites 1..N)::
 
 Images match the CellProfiler metadata regex::
 
-    ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Channel>[A-Za-z]+)\\.tif$
+    ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Stain>[A-Za-z]+)\\.tif$
 
 Label files do *not* match it (the ``_labels`` part adds an underscore that
-``[A-Za-z]+`` cannot cross), so a NamesAndTypes rule on Channel in {DNA, NFkB, Golgi}
+``[A-Za-z]+`` cannot cross), so a NamesAndTypes rule on Stain in {DNA, NFkB, Golgi}
 picks only camera images; load labels as objects with::
 
     ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Objects>nuclei|cells)_labels\\.tif$

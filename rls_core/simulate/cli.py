@@ -26,7 +26,7 @@ examples:
 files: {assay}_{condition}_{well}_s{site}_{channel}.tif (first condition in well B02,
 second in B03), {..}_nuclei_labels.tif, {..}_cells_labels.tif, ground_truth.csv,
 simulation.json. CellProfiler metadata regex for the images:
-  ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Channel>[A-Za-z]+)\\.tif$
+  ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Stain>[A-Za-z]+)\\.tif$
 (label files do not match it). The same --seed gives bit-identical files.
 """
 
