@@ -639,14 +639,14 @@ memory runs out; lower it after an out-of-memory error.""",
         d = workspace.display_data
         n = len(d.sr)
         cols = 3 if d.std is not None else 2
-        figure.set_subplots((cols + 1, n))
+        figure.set_subplots((cols, n + 1))  # table in its own row: fits the default window
         for i in range(n):
             label = "%s (%s)" % (d.output_names[i], d.channel_names[i])
             figure.subplot_imshow_grayscale(0, i, d.lr[i], title="LR input: %s" % d.input_names[i])
             figure.subplot_imshow_grayscale(1, i, d.sr[i], title="Super-resolved: %s" % label)
             if d.std is not None:
                 figure.subplot_imshow_grayscale(2, i, d.std[i], title="Uncertainty (std): %s" % label)
-        figure.subplot_table(cols, 0, d.statistics, col_labels=("Measurement", "Value"), n_rows=n)
+        figure.subplot_table(0, n, d.statistics, col_labels=("Measurement", "Value"), n_cols=cols)
 
     def post_run(self, workspace) -> None:
         self.cleanup()

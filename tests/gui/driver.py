@@ -4,13 +4,14 @@ Launched by tests/gui/conftest.py as the GUI's Python (`python driver.py SPEC.js
 private Xvfb display. It starts CellProfiler exactly like `cellprofiler -p PIPELINE
 --plugins-directory PLUGINS -o OUT`, then, from the wx main loop (wx.CallLater), clicks the
 GUI's own buttons and controls by sending them the events a mouse click sends, polls for the
-outcome (no fixed sleeps), takes screenshots of the real windows (wx.ScreenDC), and writes
+outcome (no fixed sleeps), takes screenshots of the real windows (read from the X server through GDK), and writes
 what it saw to SPEC["result"] (JSON) for the assertions in test_gui.py. Then it exits hard
 (os._exit) so that no "save changes?" prompt can block the exit.
 
 Nothing here changes CellProfiler's behaviour, except that message boxes are recorded and
 answered "Cancel/No" instead of blocking the unattended run (the tests assert there were none).
 """
+import functools
 import json
 import os
 import sys
@@ -22,45 +23,31 @@ SCREEN_POLL_MS = 50
 STABLE_S = 0.6
 
 
-def _lib(name, functions):
-    """A C library through ctypes, with (restype, argtypes) declared for `functions`."""
+T0 = time.time()
+
+
+@functools.lru_cache(maxsize=None)
+def _lib(name):
+    """GDK's C functions for screenshots, through ctypes (no extra package, no extra X client)."""
     import ctypes
 
+    p, i = ctypes.c_void_p, ctypes.c_int
+    signatures = {
+        "libgdk-3.so.0": {"gdk_get_default_root_window": (p, []), "gdk_pixbuf_get_from_window": (p, [p, i, i, i, i])},
+        "libgdk_pixbuf-2.0.so.0": {"gdk_pixbuf_get_rowstride": (i, [p]), "gdk_pixbuf_get_n_channels": (i, [p]),
+                                   "gdk_pixbuf_get_pixels": (ctypes.POINTER(ctypes.c_uint8), [p])},
+        "libgobject-2.0.so.0": {"g_object_unref": (None, [p])},
+    }
     lib = ctypes.CDLL(name)
-    for fn, (restype, argtypes) in functions.items():
+    for fn, (restype, argtypes) in signatures[name].items():
         getattr(lib, fn).restype = restype
         getattr(lib, fn).argtypes = argtypes
     return lib
 
 
-def _gdk():
-    import ctypes
-
-    p, i = ctypes.c_void_p, ctypes.c_int
-    return _lib("libgdk-3.so.0", {"gdk_get_default_root_window": (p, []),
-                                   "gdk_pixbuf_get_from_window": (p, [p, i, i, i, i])})
-
-
-def _pixbuf():
-    import ctypes
-
-    p, i = ctypes.c_void_p, ctypes.c_int
-    return _lib("libgdk_pixbuf-2.0.so.0", {"gdk_pixbuf_get_rowstride": (i, [p]), "gdk_pixbuf_get_n_channels": (i, [p]),
-                                           "gdk_pixbuf_get_pixels": (ctypes.POINTER(ctypes.c_uint8), [p])})
-
-
-def _gobject():
-    import ctypes
-
-    return _lib("libgobject-2.0.so.0", {"g_object_unref": (None, [ctypes.c_void_p])})
-
-
 def log(msg):
     sys.stderr.write("[gui-driver %.1fs] %s\n" % (time.time() - T0, msg))
     sys.stderr.flush()
-
-
-T0 = time.time()
 
 
 class Driver:
@@ -73,10 +60,11 @@ class Driver:
         self.result = result
         self.artifacts = spec["artifacts"]
         self.gen = None
-        self.t_phase = time.time()
+        self.t_phase = T0  # the first phase, "startup", counts from the process start
 
     # ------------------------------------------------------------------ plumbing
     def start(self):
+        self.wx.CallLater(int(self.spec["deadline_s"] * 1000), self.abort)
         self.gen = self.script()
         self.advance(None)
 
@@ -99,17 +87,30 @@ class Driver:
         predicate, timeout, what = request
         self.poll(predicate, time.time() + timeout, what, timeout)
 
-    def poll(self, predicate, deadline, what, timeout):
+    def poll(self, predicate, deadline, what, timeout, last_error=None):
+        """Check `predicate` every SCREEN_POLL_MS from the main loop; resume the script with its
+        first truthy value, or throw TimeoutError into it at the deadline."""
         try:
             value = predicate()
-        except Exception:  # a condition that cannot be evaluated yet is not met yet
-            value = None
+        except Exception as e:  # a condition that cannot be evaluated yet is not met yet
+            value, last_error = None, "%s: %s" % (type(e).__name__, e)
         if value:
             self.wx.CallAfter(self.advance, value)
         elif time.time() > deadline:
-            self.wx.CallAfter(self.advance, None, TimeoutError("timed out after %ss waiting for: %s" % (timeout, what)))
+            msg = "timed out after %ss waiting for: %s" % (timeout, what)
+            self.wx.CallAfter(self.advance, None, TimeoutError(msg + (" (last: %s)" % last_error if last_error else "")))
         else:
-            self.wx.CallLater(SCREEN_POLL_MS, self.poll, predicate, deadline, what, timeout)
+            self.wx.CallLater(SCREEN_POLL_MS, self.poll, predicate, deadline, what, timeout, last_error)
+
+    def abort(self):
+        """Whole-session deadline: fires even while a modal loop (a progress dialog) runs."""
+        self.result["error"] = "the GUI session passed its %ss deadline" % self.spec["deadline_s"]
+        log(self.result["error"])
+        try:
+            self.grab_screen("failure_screen.png")
+        except Exception:
+            pass
+        self.finish()
 
     @staticmethod
     def until(predicate, timeout, what):
@@ -169,7 +170,9 @@ class Driver:
         out = []
         for w in self.descendants(panel):
             if isinstance(w, self.wx.StaticText) and w.IsShown() and w.GetLabel().strip():
-                out.append({"label": w.GetLabel(), "width": w.GetSize().width, "best": w.GetBestSize().width,
+                # CellProfiler wraps long labels to the panel's width: compare them as one line
+                out.append({"label": " ".join(w.GetLabel().split()), "lines": w.GetLabel().count("\n") + 1,
+                            "width": w.GetSize().width, "best": w.GetBestSize().width,
                             "red": w.GetForegroundColour() == red})
         return out
 
@@ -183,16 +186,20 @@ class Driver:
         import numpy
 
         w, h = rect.width, rect.height
-        buf = _gdk().gdk_pixbuf_get_from_window(_gdk().gdk_get_default_root_window(), rect.x, rect.y, w, h)
+        gdk, pb = _lib("libgdk-3.so.0"), _lib("libgdk_pixbuf-2.0.so.0")
+        buf = gdk.gdk_pixbuf_get_from_window(gdk.gdk_get_default_root_window(), rect.x, rect.y, w, h)
         if not buf:
             raise RuntimeError("could not read the screen at %s" % (rect,))
         try:
-            pb = _pixbuf()
             stride, channels = pb.gdk_pixbuf_get_rowstride(buf), pb.gdk_pixbuf_get_n_channels(buf)
-            raw = numpy.ctypeslib.as_array(pb.gdk_pixbuf_get_pixels(buf), shape=(h * stride,))
-            pixels = raw.reshape(h, stride)[:, : w * channels].reshape(h, w, channels)[..., :3].copy()
+            # the last row is only w * channels long (no padding to the stride)
+            size = (h - 1) * stride + w * channels
+            raw = numpy.ctypeslib.as_array(pb.gdk_pixbuf_get_pixels(buf), shape=(size,))
+            padded = numpy.zeros(h * stride, numpy.uint8)
+            padded[:size] = raw
+            pixels = padded.reshape(h, stride)[:, : w * channels].reshape(h, w, channels)[..., :3].copy()
         finally:
-            _gobject().g_object_unref(buf)
+            _lib("libgobject-2.0.so.0").g_object_unref(buf)
         return pixels
 
     def save_png(self, pixels, path):
@@ -209,21 +216,20 @@ class Driver:
 
         window.Raise()
         window.Refresh()
-        rect = rect or window.GetScreenRect()
         state = {"pixels": None, "since": time.time()}
 
         def settled():
-            pixels = self.capture(rect)
+            pixels = self.capture(rect or window.GetScreenRect())  # the window may still be resizing
             if state["pixels"] is None or not numpy.array_equal(state["pixels"], pixels):
                 state.update(pixels=pixels, since=time.time())
                 return None
-            return pixels if time.time() - state["since"] >= STABLE_S else None
+            return (pixels,) if time.time() - state["since"] >= STABLE_S else None
 
-        pixels = yield self.until(settled, 20, "a stable picture of %s" % name)
+        (pixels,) = yield self.until(settled, 20, "a stable picture of %s" % name)
         path = os.path.join(self.artifacts, name)
         self.save_png(pixels, path)
         self.result.setdefault("screenshots", {})[name] = {
-            "path": path, "size": [rect.width, rect.height], "std": float(pixels.std())}
+            "path": path, "size": [pixels.shape[1], pixels.shape[0]], "std": float(pixels.std())}
         return pixels
 
     def grab_screen(self, name):
@@ -289,17 +295,31 @@ class Driver:
         # what typing into the settings' fields does (SettingEditedEvent -> pipeline controller)
         for setting, value in ((sr.model_directory, spec["model_directory"]), (sr.model_file, spec["model_file"]),
                                (sr.factor, str(spec["factor"])), (sr.steps, str(spec["steps"])),
-                               (sr.device, "CPU")):
+                               (sr.device, spec.get("device", "CPU"))):
             mv.on_value_change(setting, panel.FindWindowByName(edit_control_name(setting)), value, None)
+
+        def list_state():  # the icon next to the module in the pipeline list: "ok", "warning" or "error"
+            ctrl, index = plv.get_ctrl_and_index(sr)
+            return ctrl.items[index].error_state
+
+        r["list_state_before"] = list_state()
 
         def validated():
             sr.test_valid(pipeline)  # raises until the model is usable
             labels = self.visible_labels(panel)
-            return labels if labels and not any(d["red"] for d in labels) else None
+            if not labels or any(d["red"] for d in labels) or list_state() != "ok":
+                return None
+            return labels
 
-        r["labels_basic"] = yield self.until(validated, 30, "the module to validate (no red setting)")
+        r["labels_basic"] = yield self.until(validated, 30, "the module to validate (no red setting, no error icon)")
+        r["list_state_after"] = list_state()
         r["settings_after_edit"] = {s.text: s.value_text for s in sr.visible_settings()}
         yield from self.screenshot(frame, "settings.png")
+        # the settings alone, down to the last one (the picture for the README)
+        rect = panel.GetScreenRect()
+        bottom = max(c.GetRect().GetBottom() for c in panel.GetChildren() if c.IsShown())
+        rect.height = min(rect.height, bottom + 12)
+        yield from self.screenshot(panel, "settings_panel.png", rect=rect)
         self.phase("settings")
 
         # --- advanced settings: hidden until "Show advanced settings?" is Yes
@@ -308,17 +328,17 @@ class Driver:
             radio.SetStringSelection(value)
             self.send(radio, wx.wxEVT_RADIOBOX, int=radio.GetSelection(), string=value)
 
-        advanced = spec["advanced_labels"]
+        def labels_if(shown):  # the visible labels once the advanced ones are all shown / all hidden
+            labels = self.visible_labels(panel)
+            present = [a in [d["label"] for d in labels] for a in spec["advanced_labels"]]
+            return labels if (all(present) if shown else not any(present)) else None
+
         toggle_advanced("Yes")
-        r["labels_advanced"] = yield self.until(
-            lambda: (lambda ls: ls if all(a in [d["label"] for d in ls] for a in advanced) else None)(
-                self.visible_labels(panel)), 20, "the advanced settings to appear")
+        r["labels_advanced"] = yield self.until(lambda: labels_if(True), 20, "the advanced settings to appear")
         panel.Scroll(0, panel.GetVirtualSize().height)  # show the bottom of the panel, as a user scrolls
         yield from self.screenshot(frame, "settings_advanced.png")
         toggle_advanced("No")
-        r["labels_hidden_again"] = yield self.until(
-            lambda: (lambda ls: ls if not any(a in [d["label"] for d in ls] for a in advanced) else None)(
-                self.visible_labels(panel)), 20, "the advanced settings to hide")
+        r["labels_hidden_again"] = yield self.until(lambda: labels_if(False), 20, "the advanced settings to hide")
         panel.Scroll(0, 0)
         self.phase("advanced")
 
@@ -363,7 +383,7 @@ class Driver:
         fig_name = "CellProfiler:%s:%d" % (SR, sr.module_num)
         fig = yield self.until(lambda: next((w for w in self.top_windows() if w.GetName() == fig_name), None),
                                30, "the SuperResolveRLS display window")
-        fig.SetSize(spec["frame_size"][0] + 8, 0, *spec["figure_size"])
+        fig.SetPosition((spec["frame_size"][0] + 8, 0))
         r["display"] = {"title": fig.GetTitle(),
                         "axes": [a.get_title() for a in fig.figure.axes if a.get_title()]}
         yield from self.screenshot(fig, "display.png")

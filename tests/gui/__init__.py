@@ -1,0 +1,1 @@
+"""GUI tests (opt-in: pytest -m gui); a package so its conftest does not shadow tests/conftest.py."""
