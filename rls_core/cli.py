@@ -51,8 +51,10 @@ fidelity vs realism:
   defaults, 2 = twice as strong (more realistic cells, looser fit to the LR input).
   Individual weights: --weight lambda_cross=0.2 (repeatable; see `rls info MODEL`).
 
-speed: on 2 CPU cores a 128-px 'cpu' model needs ~10-20 ms per tile per step; a
-512x512 LR field at 16x is 64x64 tiles... start with a small crop and --steps 100.
+speed: on 2 CPU cores the shipped 128-px models need ~9 ms per tile per step in batches
+of 32 (26 ms one tile at a time). A 64x64-px LR field at 16x is 121 tiles (8-px tiles,
+2-px overlap): 500 steps take ~10 min; try a small crop and --steps 100 first.
+benchmarks/search_speed.py prints the figures for your machine.
 """
 
 
