@@ -10,6 +10,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_script(path: Path, name: str):
+    """A repository script (not a package module) imported as a module, e.g. pipelines/make_pipelines.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_tiny_bundle(path: Path, channels=("DNA", "NFkB"), resolution: int = 32, seed: int = 0,
                      with_prior: bool = True) -> Path:
     """A randomly initialised tiny StyleGAN2 (~30 k parameters) with a fitted latent prior."""

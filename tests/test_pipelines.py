@@ -8,7 +8,6 @@ scientific SR check with the shipped models is marked slow and skips while they 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import shutil
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from test_plugin import cp  # noqa: F401  (session fixture: headless CellProfiler + plugins)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,22 +29,6 @@ CSV = {"translocation": ("Translocation_Cells.csv", "Mean_Nuclei_Math_Translocat
 CONDITIONS = {"translocation": ("DMSO", "TNFa"), "golgi": ("DMSO", "Nocodazole")}
 CHANNELS = {"translocation": ("DNA", "NFkB"), "golgi": ("DNA", "Golgi")}
 
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_torch_rng():
-    """Leave torch's global random state as found: later test files draw unseeded numbers."""
-    import torch
-
-    state = torch.get_rng_state()
-    yield
-    torch.set_rng_state(state)
 
 
 @pytest.fixture(scope="session")

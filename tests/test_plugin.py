@@ -6,7 +6,6 @@ errors, and a downstream IdentifyPrimaryObjects on the SR output (the mask gotch
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 from pathlib import Path
@@ -19,20 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_make_pipelines():
     """pipelines/make_pipelines.py as a module (it holds the headless CellProfiler set-up)."""
-    spec = importlib.util.spec_from_file_location("make_pipelines", ROOT / "pipelines" / "make_pipelines.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_script
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_torch_rng():
-    """Leave torch's global random state as found: later test files draw unseeded numbers."""
-    import torch
-
-    state = torch.get_rng_state()
-    yield
-    torch.set_rng_state(state)
+    return load_script(ROOT / "pipelines" / "make_pipelines.py", "make_pipelines")
 
 
 @pytest.fixture(scope="session")

@@ -176,6 +176,19 @@ class LatentSearch:
                             noise=[t.detach() for t in noise] if noise is not None else None)
 
 
+class WPlusSearch(LatentSearch):
+    """Searches over W+ directly (RLS, plain, BRGM): every layer's w starts at the tile's
+    start code; noise maps are fixed random per tile."""
+
+    def init_params(self, n: int, gen: torch.Generator) -> Params:
+        start = self.starts(n, gen)
+        w_plus = start[:, None, :].repeat(1, self.model.num_ws, 1).requires_grad_(True)
+        return {"w_plus": w_plus, "_noise": self.model.random_noise(n, gen)}  # type: ignore[dict-item]
+
+    def w_plus(self, p: Params) -> torch.Tensor:
+        return p["w_plus"]
+
+
 def l1_per_tile(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().flatten(1).mean(1)
 

@@ -13,10 +13,10 @@ from typing import Dict
 import torch
 
 from ..priors import cross_cosine
-from .base import LatentSearch, Params, mse_per_tile
+from .base import Params, WPlusSearch, mse_per_tile
 
 
-class BRGM(LatentSearch):
+class BRGM(WPlusSearch):
     name = "brgm"
     description = "BRGM: Gaussian prior around w_avg + cosine cross-layer prior (no LPIPS term offline)"
     default_steps = 500
@@ -34,14 +34,6 @@ class BRGM(LatentSearch):
             self._sigma = float(model.stat("w_std").square().sum().sqrt())
         else:
             self._sigma = 1.0
-
-    def init_params(self, n: int, gen: torch.Generator) -> Params:
-        start = self.starts(n, gen)
-        w_plus = start[:, None, :].repeat(1, self.model.num_ws, 1).requires_grad_(True)
-        return {"w_plus": w_plus, "_noise": self.model.random_noise(n, gen)}  # type: ignore[dict-item]
-
-    def w_plus(self, p: Params) -> torch.Tensor:
-        return p["w_plus"]
 
     def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
         terms = {"fidelity": self.w["lambda_pix"] * mse_per_tile(x_lr, y)}

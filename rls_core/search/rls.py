@@ -14,10 +14,10 @@ from typing import Dict
 import torch
 
 from ..priors import FlowPrior, GaussianPrior, cross_euclidean
-from .base import LatentSearch, Params, l1_per_tile
+from .base import Params, WPlusSearch, l1_per_tile
 
 
-class RLS(LatentSearch):
+class RLS(WPlusSearch):
     name = "rls"
     description = "regularized latent search (the paper's method): p_w flow prior + p_cross"
     default_steps = 500
@@ -42,14 +42,6 @@ class RLS(LatentSearch):
             self._flow_prior = FlowPrior(model.flow(), model.stat("w_mean"), model.stat("w_std"))
         if self.w["lambda_gauss"] > 0:
             self._gauss_prior = GaussianPrior(model.stat("gauss_mean"), model.stat("gauss_cov")).to(model.device)
-
-    def init_params(self, n: int, gen: torch.Generator) -> Params:
-        start = self.starts(n, gen)
-        w_plus = start[:, None, :].repeat(1, self.model.num_ws, 1).requires_grad_(True)
-        return {"w_plus": w_plus, "_noise": self.model.random_noise(n, gen)}  # type: ignore[dict-item]
-
-    def w_plus(self, p: Params) -> torch.Tensor:
-        return p["w_plus"]
 
     def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
         w = self.w
