@@ -359,10 +359,11 @@ def test_display_draws_every_panel(cp, tiny_model_path):
             calls.append(("table", x, y, [row[0] for row in statistics]))
 
     m.display(ws, Figure())
-    assert calls[0] == ("set_subplots", (4, 2))
+    assert calls[0] == ("set_subplots", (3, 3))  # 3 panels per channel row, the table in its own row
     shapes = {(c[1], c[2]): c[3] for c in calls if c[0] == "image"}
     assert shapes[(0, 0)] == (4, 4) and shapes[(1, 1)] == (32, 32) and shapes[(2, 1)] == (32, 32)
     table = [c for c in calls if c[0] == "table"][0]
+    assert table[1:3] == (0, 2)
     assert "LR consistency (PSNR)" in table[3] and "Converged tiles" in table[3]
 
 
