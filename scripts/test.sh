@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export MPLBACKEND=Agg
 .venv/bin/python -m pytest -q --durations=15 "$@"
-if [ $# -eq 0 ] && command -v Xvfb >/dev/null && { [ -e .venv/gui-path/wx ] || [ -x .venv-gui/bin/python ]; }; then
-  echo "[test] GUI packages found: running the GUI tests"
+if [ $# -eq 0 ] && command -v Xvfb >/dev/null && [ -d /usr/lib/python3/dist-packages/wx ]; then
+  echo "[test] wxPython and Xvfb found: linking them for the GUI tests and running those"
+  bash scripts/install_gui.sh
   .venv/bin/python -m pytest -q -m gui tests/gui
 fi
