@@ -97,9 +97,12 @@ def test_advanced_settings_hidden_until_asked(gui_session):
     basic = labels(need(gui_session, "labels_basic"))
     advanced = labels(need(gui_session, "labels_advanced"))
     hidden_again = labels(need(gui_session, "labels_hidden_again"))
-    assert advanced - basic == set(ADVANCED_LABELS)  # "Yes" adds exactly the advanced settings
-    assert basic - advanced == set()
-    assert hidden_again == basic  # "No" hides them again
+    adv = set(ADVANCED_LABELS)
+    # Only the advanced labels are compared: other rows (the model folder's "Sub-folder:",
+    # rows scrolled past the panel's edge) may change between two snapshots.
+    assert not adv & basic  # hidden until asked
+    assert adv <= advanced  # "Yes" shows them
+    assert not adv & hidden_again  # "No" hides them again
     screenshot(gui_session, "settings_advanced.png")
 
 
