@@ -43,6 +43,9 @@ Which method?
 **Fidelity vs realism.** One knob multiplies every prior weight: 0 turns
 the priors off (like *w/o regularisation*), 1 uses the paper's values,
 values above 1 favour realistic cells over matching every LR pixel.
+That holds for a well-trained model; the shipped models are early
+CPU-trained priors, for which low values (0 to 0.05) kept the
+differences between conditions best (see docs/results).
 
 **Uncertainty.** With more than one sample, each tile is searched several
 times from random starting points; the output is their mean and an extra
@@ -316,7 +319,10 @@ LR pixels, possibly unrealistic); *1*: the published setting; *2* or more:
 more realistic cells that may match the LR image less closely. Change
 this when segmentation on the output fails because cells look noisy
 (increase) or because they look plausible but do not match the LR image
-(decrease).""",
+(decrease). The priors can only be as realistic as the model's own
+samples: with the shipped, briefly trained models, measurements kept
+their condition differences best at 0 to 0.05 (docs/results in the
+repository).""",
         )
         self.steps = Integer(
             "Search steps", 200, minval=1, maxval=100000,

@@ -49,6 +49,9 @@ methods:
 fidelity vs realism:
   --realism scales every prior weight: 0 = no prior (like plain), 1 = the paper's
   defaults, 2 = twice as strong (more realistic cells, looser fit to the LR input).
+  That needs a well-trained model: the priors can only be as realistic as the model's
+  own samples. With the shipped early models, 0 to 0.05 kept the differences between
+  conditions best (docs/results/README.md).
   Individual weights: --weight lambda_cross=0.2 (repeatable; see `rls info MODEL`).
 
 speed: on 2 CPU cores the shipped 128-px models need ~9 ms per tile per step in batches
