@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .accel import DEFAULT_ACCEL
 from .model import LoadedModel, load_model
 from .operators import make_operator, upsample_bicubic
 from .registry import DEFAULT_MODEL
@@ -89,7 +90,8 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
                   weights: Optional[Dict[str, float]] = None, p_w: str = "flow", overlap: Optional[int] = None,
                   batch_size: int = 32, mask: Optional[np.ndarray] = None, operator: str = "bicubic",
                   refine_steps: int = 0, start_spread: Optional[float] = None, converge_l1: float = 0.03,
-                  progress: bool = False, callback: Optional[Callable[[int, int], None]] = None) -> SRResult:
+                  progress: bool = False, callback: Optional[Callable[[int, int], None]] = None,
+                  accel: str = DEFAULT_ACCEL) -> SRResult:
     """Super-resolve one LR field.
 
     image: (C, h, w) array or a list of C 2-D arrays, one per model channel, in full-scale
@@ -104,6 +106,8 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
         mean and `std` their per-pixel standard deviation (an uncertainty map).
     mask: optional LR-sized bool mask; tiles without any masked pixel are skipped.
     refine_steps: > 0 adds the RLS+ refinement stage (generator weights fine-tuned per tile).
+    accel: how the generator runs (rls_core.accel: none, bf16, compile, ...); ignored when
+        `model` is already a LoadedModel, which carries its own.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -112,7 +116,7 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
         raise InputError(f"samples must be >= 1, got {samples}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    m = load_model(model, device)
+    m = load_model(model, device, accel=accel)
     tile = check_factor(m, factor)
     lr_img = _as_channels(image, len(m.channel_names), m.channel_names)
     h, w = lr_img.shape[1:]

@@ -1,10 +1,11 @@
 """The model bundle: one HDF5 file per model, read without unpickling anything.
 
-Layout (format version 1):
+Layout (format version 2; version 1 also stored the flow's MADE masks and only float32):
   /                attrs: format="superresolve-rls-model", format_version, rls_version, created
   /meta            attrs (JSON strings): generator (GeneratorConfig), channels (names),
                    normalization (per channel {"low", "high"}), provenance
   /generator/...   EMA generator weights and buffers, one dataset per state-dict key
+                   (float32, or float16 for models trained here: `save_bundle(half=True)`)
   /latent/...      latent statistics (LatentStats fields), written by `rls fit-prior`
   /flow/...        MAF prior weights; attrs: config (JSON)
 
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 FORMAT_NAME = "superresolve-rls-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PathLike = Union[str, Path]
 
 
@@ -92,7 +93,9 @@ class ModelBundle:
             raise BundleError(self.path or "<bundle>", "the model has no flow prior",
                               f"run `rls fit-prior {self.path}` first")
         flow = MAF(**self.flow_config)
-        flow.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.flow_state.items()})
+        # Format-1 bundles stored the MADE masks; they follow from the config.
+        flow.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.flow_state.items()
+                              if not k.endswith(".mask")})
         return flow.eval().requires_grad_(False).to(device)
 
     @classmethod
@@ -132,8 +135,26 @@ def _write_group(h5, name: str, arrays: Dict[str, np.ndarray]) -> Any:
     return g
 
 
-def save_bundle(bundle: ModelBundle, path: PathLike) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a model behind."""
+def _halved(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype == np.float32 or v.dtype == np.float64:
+            if np.abs(v).max(initial=0.0) >= np.finfo(np.float16).max:
+                raise ValueError(f"weight {k!r} exceeds the float16 range; save with half=False")
+            v = v.astype(np.float16)
+        out[k] = v
+    return out
+
+
+def save_bundle(bundle: ModelBundle, path: PathLike, half: bool = False) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a model behind.
+
+    `half` stores the generator and flow weights as float16 (half the file; they are read back
+    as float32). Use it for models trained here, where a 1e-3 relative rounding of the weights
+    is far below what training changes; keep float32 (the default) for imported models, whose
+    outputs must match upstream exactly. Latent statistics always stay float32.
+    """
     import h5py
     from . import __version__
 
@@ -150,11 +171,11 @@ def save_bundle(bundle: ModelBundle, path: PathLike) -> Path:
         meta.attrs["channels"] = json.dumps(list(bundle.channel_names))
         meta.attrs["normalization"] = json.dumps(bundle.normalization)
         meta.attrs["provenance"] = json.dumps(bundle.provenance, default=str)
-        _write_group(h5, "generator", bundle.generator_state)
+        _write_group(h5, "generator", _halved(bundle.generator_state) if half else bundle.generator_state)
         if bundle.latent is not None:
             _write_group(h5, "latent", bundle.latent)
         if bundle.flow_state is not None:
-            g = _write_group(h5, "flow", bundle.flow_state)
+            g = _write_group(h5, "flow", _halved(bundle.flow_state) if half else bundle.flow_state)
             g.attrs["config"] = json.dumps(bundle.flow_config)
     tmp.replace(path)
     bundle.path = path

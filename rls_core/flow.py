@@ -23,7 +23,8 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, n_in: int, n_out: int, mask: Tensor) -> None:
         super().__init__(n_in, n_out)
-        self.register_buffer("mask", mask.to(self.weight.dtype))
+        # Not saved: the mask follows from the config, and at 512-d it would double a bundle.
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
@@ -32,15 +33,20 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     """Autoregressive net: (mu_i, alpha_i) depend only on x_{<i}, so du/dx is triangular.
 
-    Two hidden layers; hidden degrees cycle deterministically so the masks (and hence the
-    architecture) are the same every time the model is rebuilt from its config.
+    Two hidden layers; hidden degrees are deterministic so the masks (and hence the
+    architecture) are the same every time the model is rebuilt from its config: they cycle
+    through 0..dim-2 when there are enough hidden units, and are spread evenly over that range
+    when there are fewer (else the inputs past the first `hidden` would feed nothing).
     """
 
     def __init__(self, dim: int, hidden: int, max_log_scale: float = 5.0) -> None:
         super().__init__()
         self.dim, self.max_log_scale = dim, float(max_log_scale)
         d_in = torch.arange(dim)
-        d_hid = torch.arange(hidden) % max(1, dim - 1)
+        if hidden >= dim - 1:
+            d_hid = torch.arange(hidden) % max(1, dim - 1)
+        else:
+            d_hid = torch.arange(hidden) * (dim - 1) // hidden
         m_in = (d_hid[:, None] >= d_in[None, :])
         m_hid = (d_hid[:, None] >= d_hid[None, :])
         m_out = (d_in[:, None] > d_hid[None, :]).repeat(2, 1)  # rows: mu then alpha

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .presets import PRESET_NAMES, PRESETS
+
 SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
 
@@ -82,21 +84,12 @@ class GeneratorConfig:
 
     @classmethod
     def preset(cls, name: str, resolution: int = 128, img_channels: int = 2) -> "GeneratorConfig":
-        """Named sizes: 'cpu' (~0.5 M parameters, fast search on 2 cores), 'tiny' (tests),
-        'paper' (the authors' 128-px, 512-d, channel-multiplier-2 StyleGAN2)."""
-        n = int(math.log2(resolution)) - 1
-        if name == "paper":
-            table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64, 1024: 32}
-            ch = tuple(table[2 ** (i + 2)] for i in range(n))
-            return cls(resolution, img_channels, 512, 512, 8, ch)
-        if name == "cpu":
-            table = {4: 96, 8: 96, 16: 64, 32: 32, 64: 16, 128: 8, 256: 8, 512: 8, 1024: 8}
-            ch = tuple(table[2 ** (i + 2)] for i in range(n))
-            return cls(resolution, img_channels, 128, 128, 4, ch)
-        if name == "tiny":
-            ch = tuple(max(4, 32 >> i) for i in range(n))
-            return cls(resolution, img_channels, 32, 32, 2, ch)
-        raise ValueError(f"unknown generator preset {name!r}; choose cpu, tiny or paper")
+        """A named size from `rls_core.presets` (standard, cpu, tiny, paper)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown generator preset {name!r}; choose {', '.join(PRESET_NAMES)}")
+        p = PRESETS[name]
+        ch = tuple(p.widths[2 ** (i + 2)] for i in range(int(math.log2(resolution)) - 1))
+        return cls(resolution, img_channels, p.z_dim, p.w_dim, p.mapping_layers, ch)
 
 
 # ----------------------------------------------------------------------------- ops
@@ -115,9 +108,10 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, pad: Tuple[int, int
         x = x.reshape(b, c, h, 1, w, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(b, c, h * up, w * up)
-    x = F.pad(x, list(pad))
     weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *f.shape)
-    return F.conv2d(x, weight, groups=c)
+    if len(set(pad)) == 1 and pad[0] >= 0:  # symmetric: let the conv pad (no extra full-size copy)
+        return F.conv2d(x, weight, padding=pad[0], groups=c)
+    return F.conv2d(F.pad(x, list(pad)), weight, groups=c)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -189,25 +183,32 @@ class SynthesisLayer(nn.Module):
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         styles = self.affine(w)  # (B, in)
         weight = self.weight * self.weight_gain
-        # sum_{i,k} (W_oik s_i)^2 = s^2 @ sum_k W_oik^2: no (B, out, in, k, k) tensor needed
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+        # sum_{i,k} (W_oik s_i)^2 = s^2 @ sum_k W_oik^2: no (B, out, in, k, k) tensor needed.
+        # sqrt(2) (the activation gain) is folded into the per-channel scale, the noise and
+        # the bias: lrelu(a) * c == lrelu(a * c) for c > 0. On CPU these layers are bound by
+        # memory traffic, so every full-size pass saved counts (docs/performance.md).
+        scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() * SQRT2
         x = x * styles[:, :, None, None]
         if self.up:
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
             x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4.0)
         else:
             x = F.conv2d(x, weight, padding=1)
-        x = x * dcoefs[:, :, None, None]
         if noise is None:
             if noise_mode == "const":
                 noise = self.noise_const[None, None]
             elif noise_mode == "random":
                 noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-        if noise is not None:
-            x = x + noise * self.noise_strength
-        x = F.leaky_relu(x + self.bias[None, :, None, None], 0.2) * SQRT2
+        bias = (self.bias * SQRT2).to(x.dtype)[None, :, None, None]
+        if noise is not None:  # one pass: x * scale + noise * strength (the bias goes in below)
+            x = torch.addcmul((noise * (self.noise_strength * SQRT2)).to(x.dtype), x,
+                              scale[:, :, None, None].to(x.dtype))
+            x = x.add_(bias)
+        else:
+            x = torch.addcmul(bias, x, scale[:, :, None, None].to(x.dtype))
+        x = F.leaky_relu_(x, 0.2)
         if self.conv_clamp is not None:  # after the gain, at +-conv_clamp (as NVlabs' bias_act)
-            x = x.clamp(-self.conv_clamp, self.conv_clamp)
+            x = x.clamp_(-self.conv_clamp, self.conv_clamp)
         return x
 
 
@@ -224,7 +225,14 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = F.conv2d(x * styles[:, :, None, None], self.weight) + self.bias[None, :, None, None]
+        # A 1x1 conv with a per-sample weight is a batched matmul over the pixels: one pass
+        # over x instead of modulating x first. With channels-last activations the
+        # (B, H*W, C) view below is free.
+        b, c, h, wd = x.shape
+        weight = self.weight[:, :, 0, 0][None] * styles[:, None, :]  # (B, out, in)
+        x = torch.baddbmm(self.bias.to(x.dtype)[None, None, :], x.permute(0, 2, 3, 1).reshape(b, h * wd, c),
+                          weight.transpose(1, 2).to(x.dtype))
+        x = x.reshape(b, h, wd, -1).permute(0, 3, 1, 2)
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
@@ -279,7 +287,9 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if ws.ndim != 3 or ws.shape[1] != self.num_ws:
             raise ValueError(f"expected W+ of shape (B, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
-        x = self.const[None].expand(ws.shape[0], -1, -1, -1)
+        # Channels-last activations: on CPU, oneDNN's convolutions and above all the
+        # depthwise FIR of the upsampling layers run ~3x faster in NHWC (docs/performance.md).
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1).contiguous(memory_format=torch.channels_last)
         img = None
         w_idx, n_idx = 0, 0
         for res in self.block_resolutions:
@@ -291,9 +301,13 @@ class SynthesisNetwork(nn.Module):
                 x = layer(x, ws[:, w_idx], noise_mode, nz)
                 w_idx += 1
                 n_idx += 1
-            y = blk.torgb(x, ws[:, w_idx])
-            img = y if img is None else upsample2d(img, self.resample_filter) + y
-        return img
+            # The image path (ToRGB outputs summed over resolutions) always runs in float32:
+            # it is cheap (a few channels), and under bf16 autocast the output image would
+            # otherwise be rounded to 8 significant bits at every resolution.
+            with torch.autocast(x.device.type, enabled=False):
+                y = blk.torgb(x.float(), ws[:, w_idx].float())
+                img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return img.contiguous()
 
 
 class Generator(nn.Module):

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .accel import DEFAULT_ACCEL, autocast, compiled, resolve_accel
 from .bundle import BundleError, ModelBundle, load_bundle
 from .registry import resolve_model
 
@@ -36,10 +37,13 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
 class LoadedModel:
     """Generator + latent statistics + (lazily) the flow prior, on one device."""
 
-    def __init__(self, bundle: ModelBundle, device: Union[str, torch.device] = "auto") -> None:
+    def __init__(self, bundle: ModelBundle, device: Union[str, torch.device] = "auto",
+                 accel: str = DEFAULT_ACCEL) -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
+        self.accel = resolve_accel(accel, self.device)
         self.G = bundle.build_generator(self.device)
+        self._synthesis = compiled(self.G.synthesis, self.accel)
         self.cfg = self.G.cfg
         self.channel_names: List[str] = list(bundle.channel_names)
         self.low = np.array([n["low"] for n in bundle.normalization], dtype=np.float32)
@@ -100,8 +104,11 @@ class LoadedModel:
         return x * (self.high - self.low)[:, None, None] + self.low[:, None, None]
 
     def render(self, w_plus: torch.Tensor, noise: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
-        """W+ -> image in [0, 1] (not clipped, so gradients survive at the range ends)."""
-        return (self.G.synthesis(w_plus, noise=noise) + 1.0) * 0.5
+        """W+ -> image in [0, 1] (not clipped, so gradients survive at the range ends); the
+        synthesis network runs as `accel` says, the result is always float32."""
+        with autocast(self.accel, self.device):
+            img = self._synthesis(w_plus, noise=noise)
+        return (img.float() + 1.0) * 0.5
 
     def sample_w(self, n: int, gen: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.cfg.z_dim, generator=gen).to(self.device)
@@ -113,21 +120,23 @@ class LoadedModel:
         return [torch.randn(n, 1, h, w, generator=gen).to(self.device) for h, w in self.G.synthesis.noise_shapes()]
 
 
-_CACHE: Dict[Tuple[str, float, str], LoadedModel] = {}
+_CACHE: Dict[Tuple[str, float, str, str], LoadedModel] = {}
 _LOCK = threading.Lock()
 
 
-def load_model(model: Union[str, Path, LoadedModel], device: Union[str, torch.device] = "auto") -> LoadedModel:
+def load_model(model: Union[str, Path, LoadedModel], device: Union[str, torch.device] = "auto",
+               accel: str = DEFAULT_ACCEL) -> LoadedModel:
     """Shipped name or bundle path -> LoadedModel, cached while the file is unchanged."""
     if isinstance(model, LoadedModel):
         return model
     path = resolve_model(model)
     dev = resolve_device(device)
+    mode = resolve_accel(accel, dev)
     mtime = path.stat().st_mtime if path.exists() else -1.0
-    key = (str(path.resolve()), mtime, str(dev))
+    key = (str(path.resolve()), mtime, str(dev), mode)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = LoadedModel(load_bundle(path), dev)
+            _CACHE[key] = LoadedModel(load_bundle(path), dev, mode)
         return _CACHE[key]
 
 

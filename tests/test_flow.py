@@ -65,7 +65,8 @@ def test_config_roundtrip():
     m = _perturbed_maf(5, hidden=12, n_blocks=2)
     state = m.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert any("running_var" in k for k in state) and any("mask" in k for k in state)
+    # Masks follow from the config, so they are rebuilt rather than saved (bundle size).
+    assert any("running_var" in k for k in state) and not any("mask" in k for k in state)
     m2 = MAF(**m.config())
     m2.load_state_dict(state)
     m2.eval()
@@ -112,3 +113,20 @@ def test_fit_flow_is_seeded():
 def test_fit_flow_rejects_bad_input():
     with pytest.raises(ValueError):
         fit_flow(torch.randn(10), progress=False)
+
+
+def test_made_with_fewer_hidden_units_than_inputs_stays_autoregressive_and_uses_all_inputs():
+    """hidden < dim - 1 (the 512-d flow of the standard preset): degrees are spread over the
+    inputs, so the Jacobian is strictly lower triangular and inputs far past `hidden` still
+    condition later outputs (with cycling degrees, inputs >= hidden would feed nothing)."""
+    from rls_core.flow import MADE
+
+    torch.manual_seed(0)
+    dim, hidden = 40, 8
+    made = MADE(dim, hidden)
+    torch.nn.init.normal_(made.l3.weight)
+    x = torch.randn(dim, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(lambda v: made(v[None])[0][0], x)  # d mu / d x
+    assert torch.all(jac.triu() == 0), "mu_i must not depend on x_j for j >= i"
+    used = (jac.abs().sum(0) > 0).nonzero().flatten()
+    assert used.max() >= dim - 1 - dim // hidden, f"inputs used only up to {used.max()}"

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..presets import PRESET_NAMES
+
 DESCRIPTION = """\
 Train a StyleGAN2 generator on high-resolution fields of one assay, then fit its latent
 prior and write the model bundle OUTDIR/<name>.h5 that `rls sr` searches. No LR/HR pairs
@@ -82,9 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--name", default="model", help="bundle name: OUTDIR/<name>.h5 (default: model)")
     g.add_argument("--resolution", type=int, default=128,
                    help="HR crop and generator size, a power of two >= 32 (default: 128, as in the paper)")
-    g.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "paper"],
-                   help="generator/discriminator size: cpu (~0.5 M params each, trains and searches "
-                        "on a laptop), paper (the authors' 512-d StyleGAN2; GPU), tiny (tests) (default: cpu)")
+    g.add_argument("--preset", default="standard", choices=list(PRESET_NAMES),
+                   help="generator/discriminator size: standard (the paper's 512-d latent and 8-layer "
+                        "mapping, synthesis widths sized for CPU search; the campaign's models), cpu (the "
+                        "small 128-d preset of the first shipped models), paper (the authors' exact "
+                        "StyleGAN2; GPU), tiny (tests) (default: standard)")
     g.add_argument("--d-width", type=float, default=1.0,
                    help="discriminator widths = the preset's generator widths x this (default: 1)")
     g.add_argument("--data-seed", type=int, default=None,
@@ -142,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--flow-epochs", type=int, default=20, help="MAF training epochs (default: 20)")
     g.add_argument("--flow-blocks", type=int, default=5, help="MAF blocks (default: 5, as in the paper)")
     g.add_argument("--flow-hidden", type=int, default=None,
-                   help="MAF hidden width (default: 2 x w_dim; the paper used 1024 for w_dim 512)")
+                   help="MAF hidden width (default: 2 x w_dim up to 128-d latents, 128 for wider "
+                        "ones, to keep bundles <= 12 MiB; the paper used 1024 for w_dim 512)")
     return parser
 
 

@@ -66,27 +66,28 @@ class EqualConv2d(nn.Module):
             self.register_buffer("blur", _fir_kernel(blur_taps), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.weight_gain
+        # The output gains (sqrt 2 of the activation, `gain`) are positive, so they fold into
+        # the weight and bias: lrelu(a) * c == lrelu(a * c). Bias and conv run as one op and
+        # the activation in place, saving three full-size passes per layer on CPU.
+        c = (SQRT2 if self.activation else 1.0) * self.gain
+        w = self.weight * (self.weight_gain * c)
+        b = self.bias * c if self.bias is not None else None
         if self.down:
             # Blur before the strided conv so it does not alias; pads chosen so 2N -> N.
             fw = self.blur.shape[-1]
             if self.kernel > 1:
                 p = (fw - 2 + self.kernel - 1) // 2
-                x = F.conv2d(upfirdn2d(x, self.blur, pad=(p, p, p, p)), w, stride=2)
+                x = F.conv2d(upfirdn2d(x, self.blur, pad=(p, p, p, p)), w, b, stride=2)
             else:  # 1x1: blur straight to every other pixel (a strided depthwise conv)
-                p, c = (fw - 2) // 2, x.shape[1]
-                k = self.blur.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, fw, fw)
-                x = F.conv2d(F.conv2d(F.pad(x, [p, p, p, p]), k, stride=2, groups=c), w)
+                p, ch = (fw - 2) // 2, x.shape[1]
+                k = self.blur.flip([0, 1]).to(x.dtype)[None, None].expand(ch, 1, fw, fw)
+                x = F.conv2d(F.conv2d(x, k, stride=2, padding=p, groups=ch), w, b)
         else:
-            x = F.conv2d(x, w, padding=self.kernel // 2)
-        if self.bias is not None:
-            x = x + self.bias[None, :, None, None]
+            x = F.conv2d(x, w, b, padding=self.kernel // 2)
         if self.activation:
-            x = F.leaky_relu(x, 0.2) * SQRT2
-        if self.gain != 1.0:
-            x = x * self.gain
+            x = F.leaky_relu_(x, 0.2)
         if self.conv_clamp is not None:
-            x = x.clamp(-self.conv_clamp * self.gain, self.conv_clamp * self.gain)
+            x = x.clamp_(-self.conv_clamp * self.gain, self.conv_clamp * self.gain)
         return x
 
 
@@ -143,7 +144,9 @@ class Discriminator(nn.Module):
         self.out = EqualLinearD(ch[4], 1, activation=False)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.fromrgb(img)
+        # Channels-last activations, as in the generator: oneDNN's convolutions and the
+        # depthwise blur before each downsampling are several times faster in NHWC on CPU.
+        x = self.fromrgb(img.contiguous(memory_format=torch.channels_last))
         for blk in self.blocks:
             x = blk(x)
         x = minibatch_stddev(x, self.cfg.mbstd_group)

@@ -38,7 +38,8 @@ from .discriminator import Discriminator, DiscriminatorConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rls-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: adds the slim resume checkpoint (RESUME_NAME)
+RESUME_NAME = "resume.pt"
 LOG_NAME = "train_log.csv"
 GRID_SIZE = 16  # images in the sample grid (4 x 4)
 
@@ -53,7 +54,7 @@ class TrainConfig:
     name: str = "model"                     # (run control) bundle file name: OUTDIR/<name>.h5
     channels: Optional[List[str]] = None    # channel names, e.g. ["DNA", "NFkB"]
     resolution: int = 128                   # HR crop / generator size (power of two)
-    preset: str = "cpu"                     # generator size: cpu | tiny | paper
+    preset: str = "standard"                # generator size: one of generator.PRESETS
     d_width: float = 1.0                    # discriminator widths = generator preset widths x this
     iters: int = 3000                       # (run control) total iterations (G + D step each)
     batch: int = 16
@@ -198,11 +199,9 @@ def _build(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
 def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[CropSampler],
                     data: Dict[str, Any]) -> Path:
     """One file, replaced atomically; only tensors and plain containers (weights_only-safe)."""
-    rng: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    rng = _rng_state(sampler)
     if torch.cuda.is_available() and st.pl_mean.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    if sampler is not None:
-        rng["sampler"] = sampler.state_dict()
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -230,6 +229,47 @@ def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[
     return path
 
 
+def save_resume_checkpoint(path: Path, st: _State, cfg: TrainConfig, rng: Dict[str, Any],
+                           data: Dict[str, Any], bundle_path: Path) -> Path:
+    """The small checkpoint to keep in the repository beside the bundle it belongs to.
+
+    The full checkpoint holds G, G_ema, D and both Adam states in float32 (~100 MB for the
+    standard preset). This one keeps only D (float16) and the run state: the generator comes
+    back from the bundle's EMA weights (G = G_ema on resume, as in an EMA restart) and the
+    Adam moments start again. Resuming from it is therefore not bit-identical, but stable
+    (tests/test_train.py checks the losses stay in range; docs/models.md).
+    """
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "slim": True,
+        "bundle": bundle_path.name,
+        "config": _to_json_safe(cfg),
+        "generator_config": st.G.cfg.to_dict(),
+        "discriminator_config": st.D.cfg.to_dict(),
+        "D": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+              for k, v in st.D.state_dict().items()},
+        "iteration": int(st.iteration),
+        "pl_mean": st.pl_mean.detach().cpu(),
+        "wall_time": float(st.wall_time),
+        "commands": list(st.commands),
+        "data": data,
+        "rng": rng,
+        "torch_version": str(torch.__version__),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _rng_state(sampler: Optional[CropSampler]) -> Dict[str, Any]:
+    rng: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    if sampler is not None:
+        rng["sampler"] = sampler.state_dict()
+    return rng
+
+
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint to resume from; start without --resume")
@@ -247,6 +287,8 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _State:
     gcfg = GeneratorConfig.from_dict(ckpt["generator_config"])
     st = _build(cfg, gcfg.img_channels, device)
+    if ckpt.get("slim"):
+        return _restore_slim(st, ckpt, cfg)
     st.G.load_state_dict(ckpt["G"])
     st.D.load_state_dict(ckpt["D"])
     st.G_ema.load_state_dict(ckpt["G_ema"])
@@ -256,6 +298,33 @@ def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _S
     st.pl_mean = ckpt["pl_mean"].to(device)
     st.wall_time = float(ckpt["wall_time"])
     st.commands = list(ckpt["commands"])
+    return st
+
+
+def _restore_slim(st: _State, ckpt: Dict[str, Any], cfg: TrainConfig) -> _State:
+    """G and G_ema from the bundle written with this checkpoint, D from the checkpoint."""
+    from ..bundle import BundleError, load_bundle
+
+    path = Path(cfg.outdir).expanduser() / str(ckpt["bundle"])
+    hint = (f"a slim checkpoint ({RESUME_NAME}) resumes with the bundle written beside it: copy that "
+            f"bundle to {path}")
+    try:
+        bundle = load_bundle(path)
+    except BundleError as e:
+        raise TrainError(f"{e}; {hint}") from None
+    if int(bundle.provenance.get("iterations", -1)) != int(ckpt["iteration"]):
+        raise TrainError(f"{path} was written at iteration {bundle.provenance.get('iterations')}, the "
+                         f"checkpoint at {ckpt['iteration']}; {hint}")
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
+    st.G.load_state_dict(state)
+    st.G_ema.load_state_dict(state)
+    st.D.load_state_dict(ckpt["D"])
+    st.iteration = int(ckpt["iteration"])
+    st.pl_mean = ckpt["pl_mean"].to(st.pl_mean.device)
+    st.wall_time = float(ckpt["wall_time"])
+    st.commands = list(ckpt["commands"])
+    _say("resuming from a slim checkpoint: G = the bundle's EMA generator, fresh Adam moments "
+         "(not bit-identical to an uninterrupted run)")
     return st
 
 
@@ -418,8 +487,10 @@ def _human(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m{rem % 60:02d}s"
 
 
-def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device) -> Path:
-    """Mean w, latent prior (stats + flow) on the EMA generator, then the bundle."""
+def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device,
+            rng: Dict[str, Any]) -> Path:
+    """Mean w, latent prior (stats + flow) on the EMA generator, then the bundle (float16
+    weights) and the slim resume checkpoint that goes with it."""
     from ..bundle import ModelBundle, save_bundle, set_prior
 
     G = st.G_ema.eval()
@@ -465,8 +536,9 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
     bundle = ModelBundle.from_generator(G, data["channels"], data["normalization"], provenance)
     if stats is not None:
         set_prior(bundle, stats, flow)
-    path = save_bundle(bundle, Path(cfg.outdir) / f"{cfg.name}.h5")
-    _say(f"wrote {path}")
+    path = save_bundle(bundle, Path(cfg.outdir) / f"{cfg.name}.h5", half=True)
+    resume = save_resume_checkpoint(Path(cfg.outdir) / RESUME_NAME, st, cfg, rng, data, path)
+    _say(f"wrote {path} and {resume} (keep the two together to resume)")
     return path
 
 
@@ -536,7 +608,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
     if cfg.finish:
         st = _restore(ckpt, cfg, device)
         st.commands.append(command)
-        return _finish(st, cfg, ckpt["data"], device)
+        return _finish(st, cfg, ckpt["data"], device, ckpt["rng"])
 
     fs: FieldSet = load_fields(cfg.data_dir, cfg.channels, cfg.resolution,
                                normalization=ckpt["data"]["normalization"] if ckpt else None,
@@ -627,4 +699,4 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
     if st.iteration > 0 and not ckpt_path.exists():
         save_checkpoint(ckpt_path, st, cfg, sampler, data)
     _snapshot(st.G_ema, z_grid, outdir, "final")
-    return _finish(st, cfg, data, device)
+    return _finish(st, cfg, data, device, _rng_state(sampler))

@@ -1,0 +1,272 @@
+"""Generator and discriminator speed against this machine's own limit.
+
+    python benchmarks/generator_speed.py                       # shipped default model + standard preset
+    python benchmarks/generator_speed.py --preset standard --accel compile --batches 1 32
+    python benchmarks/generator_speed.py --threads 1 --json runs/speed.json
+
+Prints, side by side, for each model:
+  (a) counted FLOPs per tile of one whole RLS search step (synthesis forward + backward to
+      W+, operator, p_w flow, p_cross), with torch.utils.flop_counter;
+  (b) ms per tile per search step and tiles/s (500-step searches) at each batch size;
+  (c) images/s of one full training iteration (G step, D step, R1 every 16 amortised) of
+      the model's preset;
+  (d) the machine's measured peak: a large float32 matmul and a bfloat16 matmul on the same
+      threads, so every figure is also a fraction of the peak ("% fp32 peak").
+Measure with nothing else running (a background training run halves these figures).
+Figures, not assertions: docs/performance.md holds the targets and the measured values.
+
+Old code: the script only needs GeneratorConfig, the searches and the training loop's
+iteration, so `--widths` / `--latent` / `--mapping-layers` describe a generator explicitly
+and the same script can time an earlier commit (PYTHONPATH=<checkout>).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n x n matmul in `dtype`, best of repeated runs for `seconds`."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    a @ b
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while best == 0.0 or time.perf_counter() < t_end:  # at least one timed run
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def bf16_is_native(device: str) -> bool:
+    try:
+        from rls_core.accel import native_bf16
+    except ImportError:  # code from before the accel switch
+        return torch.device(device).type == "cuda"
+    return native_bf16(device)
+
+
+class FlopCount(TorchDispatchMode):
+    """FLOPs of every op run inside it, by torch.utils.flop_counter's formulas (convolutions,
+    their backward, matmuls). FlopCounterMode itself also tracks modules, which fails on the
+    training loop's frozen-D passes; the counts are the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def generator_config(args, name: Optional[str]):
+    from rls_core.generator import GeneratorConfig
+
+    if args.widths:
+        ch = tuple(int(c) for c in args.widths.split(","))
+        return GeneratorConfig(args.resolution, args.channels, args.latent, args.latent, args.mapping_layers, ch)
+    return GeneratorConfig.preset(name, args.resolution, args.channels)
+
+
+def random_model(cfg, accel: str, device: str):
+    """A randomly initialised generator with a quickly fitted prior: same cost per step as a
+    trained one of the same shape."""
+    from rls_core.bundle import ModelBundle, save_bundle, set_prior
+    from rls_core.generator import Generator
+    from rls_core.model import load_model
+    from rls_core.priors import fit_prior
+
+    torch.manual_seed(0)
+    G = Generator(cfg).eval()
+    G.estimate_w_avg(2000)
+    stats, flow = fit_prior(G.mapping, cfg.z_dim, n_samples=2000, flow_epochs=1, progress=False)
+    path = Path(tempfile.mkdtemp()) / "bench.h5"
+    save_bundle(set_prior(ModelBundle.from_generator(G, [f"c{i}" for i in range(cfg.img_channels)]), stats, flow),
+                path)
+    return _load(path, device, accel)
+
+
+def _load(model, device: str, accel: str):
+    from rls_core.model import load_model
+
+    if accel == "none":
+        return load_model(model, device)  # also works on code from before the accel switch
+    return load_model(model, device, accel=accel)
+
+
+def search_step_flops(search, y: torch.Tensor) -> float:
+    with FlopCount() as fc:
+        search.run(y, steps=1)
+    return fc.total / y.shape[0]
+
+
+def time_search(search, y: torch.Tensor, steps: int) -> float:
+    """Seconds per step (after a warm-up run, which also triggers any compilation)."""
+    search.run(y, steps=2)
+    if y.device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    search.run(y, steps=steps)
+    if y.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
+
+
+def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, float]:
+    """Seconds and counted FLOPs of one training iteration (R1 amortised over 16)."""
+    from rls_core.generator import Generator
+    from rls_core.train import loop
+    from rls_core.train.augment import AugmentConfig
+    from rls_core.train.discriminator import Discriminator, DiscriminatorConfig
+
+    torch.manual_seed(0)
+    cfg = loop.TrainConfig(batch=batch)
+    dev = torch.device(device)
+    G = Generator(gcfg).to(dev).train()
+    D = Discriminator(DiscriminatorConfig(gcfg.resolution, gcfg.img_channels, gcfg.channels)).to(dev).train()
+    import copy
+
+    st = loop._State(G, D, copy.deepcopy(G).eval().requires_grad_(False),
+                     loop._make_opt(G, cfg, None), loop._make_opt(D, cfg, cfg.r1_interval),
+                     pl_mean=torch.zeros([], device=dev))
+    real = torch.rand(batch, gcfg.img_channels, gcfg.resolution, gcfg.resolution, device=dev) * 2 - 1
+    aug = AugmentConfig(p=cfg.augment_p)
+
+    def run(with_r1: bool) -> float:
+        st.iteration = 0 if with_r1 else 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loop._iteration(st, cfg, real, aug)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(True)
+    plain = min(run(False) for _ in range(iters))
+    with_r1 = min(run(True) for _ in range(max(1, iters // 3)))
+    flops = {}
+    for r1 in (False, True):
+        st.iteration = 0 if r1 else 1
+        with FlopCount() as fc:
+            loop._iteration(st, cfg, real, aug)
+        flops[r1] = fc.total
+    k = cfg.r1_interval
+    sec = plain + (with_r1 - plain) / k
+    return {"s_per_iter": sec, "images_per_s": batch / sec,
+            "flops_per_iter": flops[False] + (flops[True] - flops[False]) / k}
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", default=None,
+                    help="shipped model name or bundle to time (repeatable; default: translocation)")
+    ap.add_argument("--preset", action="append", default=None,
+                    help="also time a randomly initialised generator of this preset (repeatable; "
+                         "default: standard)")
+    ap.add_argument("--widths", default=None, help="explicit synthesis widths 4..R px, e.g. 192,192,128,64,32,16 "
+                    "(with --latent, --mapping-layers; replaces --preset)")
+    ap.add_argument("--latent", type=int, default=512)
+    ap.add_argument("--mapping-layers", type=int, default=8)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--channels", type=int, default=2, help="image channels of preset/width models")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--accel", default="none", help="search accel mode (rls_core.accel; default none)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--factor", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5, help="timed search steps per batch size")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--train-iters", type=int, default=3, help="timed training iterations (best of)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-iteration figures")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    from rls_core.operators import make_operator
+    from rls_core.search import make_search
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        import numpy as np
+
+        np.finfo(np.float32), np.finfo(np.float64)  # cache numpy's limits before flushing denormals
+        torch.set_flush_denormal(True)  # as training does: denormals crawl on CPU
+    threads = torch.get_num_threads()
+    big = 8192 if torch.device(args.device).type == "cuda" else 2048
+    peak32 = matmul_peak(torch.float32, args.device, big)
+    # Without native bf16 a large bf16 matmul takes most of a minute (0.3 GFLOP/s here): time a small one.
+    peak16 = matmul_peak(torch.bfloat16, args.device, big if bf16_is_native(args.device) else 512)
+    print(f"machine limit on {threads} thread(s): fp32 matmul {peak32:.0f} GFLOP/s, "
+          f"bf16 matmul {peak16:.0f} GFLOP/s ({args.device}, torch {torch.__version__})")
+    out: Dict = {"threads": threads, "device": args.device, "peak_fp32_gflops": peak32,
+                 "peak_bf16_gflops": peak16, "accel": args.accel, "models": []}
+
+    targets = []
+    if args.widths:
+        targets.append(("widths " + args.widths, generator_config(args, None)))
+    else:
+        for name in (args.model if args.model is not None else ["translocation"]):
+            targets.append((name, None))
+        for name in (args.preset if args.preset is not None else ["standard"]):
+            targets.append((f"{name} preset (random init)", generator_config(args, name)))
+
+    for label, gcfg in targets:
+        m = random_model(gcfg, args.accel, args.device) if gcfg is not None else _load(label, args.device, args.accel)
+        gcfg = m.cfg
+        op = make_operator("bicubic", args.factor).to(m.device)
+        search = make_search("rls", m, op)
+        t = m.resolution // args.factor
+        C = gcfg.img_channels
+        nparam = sum(p.numel() for p in m.G.parameters())
+        y1 = torch.rand(2, C, t, t, device=m.device) * 0.5
+        flops = search_step_flops(search, y1)
+        print(f"\n{label}: {m.resolution} px, {C} ch, z/w {gcfg.z_dim}, mapping {gcfg.mapping_layers}, "
+              f"widths {list(gcfg.channels)}, {nparam / 1e6:.2f} M params; accel {args.accel}")
+        print(f"  RLS search step, x{args.factor}: {flops / 1e9:.3f} GFLOP per tile (counted)")
+        print(f"  {'batch':>6} {'ms/tile/step':>13} {'tiles/s (500 steps)':>20} {'GFLOP/s':>9} {'% fp32 peak':>12}")
+        rows = []
+        for b in args.batches:
+            y = torch.rand(b, C, t, t, device=m.device) * 0.5
+            sec = time_search(search, y, args.steps)
+            ms_tile = 1000 * sec / b
+            rate = flops / (ms_tile / 1000) / 1e9
+            rows.append({"batch": b, "ms_per_tile_step": ms_tile, "tiles_per_s_500": b / (sec * 500),
+                         "gflops": rate, "frac_fp32_peak": rate / peak32})
+            print(f"  {b:>6} {ms_tile:>13.2f} {b / (sec * 500):>20.3f} {rate:>9.1f} {100 * rate / peak32:>11.1f}%")
+        rec = {"label": label, "config": gcfg.to_dict(), "params": nparam, "gflop_per_tile_step": flops / 1e9,
+               "search": rows}
+        if not args.no_train:
+            tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device)
+            rate = tr["flops_per_iter"] / tr["s_per_iter"] / 1e9
+            tr.update({"gflops": rate, "frac_fp32_peak": rate / peak32})
+            rec["train"] = tr
+            print(f"  training iteration (batch {args.train_batch}, D mirrors G, R1/16): {tr['s_per_iter']:.2f} s, "
+                  f"{tr['images_per_s']:.2f} images/s, {tr['flops_per_iter'] / 1e9:.1f} GFLOP, "
+                  f"{rate:.1f} GFLOP/s = {100 * rate / peak32:.1f}% fp32 peak")
+        out["models"].append(rec)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""How the generator runs during a search: one switch, `accel`, with a safe default.
+
+  none          float32, eager (default; the reference numerics)
+  bf16          bfloat16 autocast of the synthesis network; warns where the device has no
+                native bf16 (on CPUs without AVX-512-BF16/AMX it runs ~10x slower, measured
+                in docs/performance.md)
+  compile       torch.compile of the synthesis network, float32 (a one-off warm-up of
+                ~1.5 min per process on 2 CPU cores, then ~2x faster steps on CPU)
+  bf16+compile  both
+  auto          bf16 where the device has native bf16 (CUDA GPUs, AMX/AVX-512-BF16 CPUs),
+                else none; never compile (the warm-up is not always worth it)
+Equivalence is tested on the recovery test (tests/test_accel.py): LR-PSNR within 0.2 dB of
+`none`. Everything outside the synthesis network (priors, operator, optimiser) stays float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, ContextManager
+
+ACCEL_MODES = ("none", "bf16", "compile", "bf16+compile", "auto")
+DEFAULT_ACCEL = "none"
+
+
+def native_bf16(device) -> bool:
+    """True where bfloat16 matmuls/convolutions run natively (faster than float32)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and \
+                torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_accel(mode: str, device) -> str:
+    """Validate `mode` and turn 'auto' into a concrete mode for `device`."""
+    mode = (mode or DEFAULT_ACCEL).lower()
+    if mode not in ACCEL_MODES:
+        raise ValueError(f"unknown accel {mode!r}; choose one of {', '.join(ACCEL_MODES)}")
+    if mode == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    if "bf16" in mode and not native_bf16(device):
+        warnings.warn(f"accel {mode!r}: this device ({device}) has no native bfloat16 and runs it several "
+                      "times slower than float32; accel 'none' or 'compile' is faster here", stacklevel=2)
+    return mode
+
+
+def autocast(mode: str, device) -> ContextManager:
+    """The autocast context of a resolved mode (a no-op unless it uses bf16)."""
+    import torch
+
+    if "bf16" not in mode:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def compiled(fn: Callable, mode: str) -> Callable:
+    """`fn` compiled when the resolved mode asks for it, else `fn` itself."""
+    if "compile" not in mode:
+        return fn
+    import torch
+
+    return torch.compile(fn)

@@ -1,0 +1,57 @@
+"""scripts/train_on_device.sh, the one call prepared for a lent GPU, run here on the CPU.
+
+Real run, small knobs: 1 simulated field per condition, the tiny preset, a 1-minute limit
+and a quick prior. Checks what the device machine must hand back: at most 8 files, each
+<= 16 MiB, a loadable bundle with its prior, the slim resume checkpoint; then that a second
+call resumes from those files. The script itself is what runs on the GPU, with the defaults.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rls_core.bundle import load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_on_device.sh"
+
+
+def _run(args, tmp_path, **env):
+    e = dict(os.environ, FIELDS="1", PRESET="tiny", PRIOR_SAMPLES="500", FLOW_EPOCHS="1",
+             WORKDIR=str(tmp_path / "work"), PYTHON=sys.executable, DEVICE="cpu", OMP_NUM_THREADS="1", **env)
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=e, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_usage_and_bad_model(tmp_path):
+    r = _run([], tmp_path)
+    assert r.returncode == 2 and "MODEL MINUTES OUTDIR" in r.stdout
+    r = _run(["mitochondria", 1, tmp_path / "o"], tmp_path)
+    assert r.returncode == 2 and "unknown MODEL 'mitochondria'" in r.stderr
+
+
+@pytest.mark.slow
+def test_one_minute_run_then_resume(tmp_path):
+    out = tmp_path / "out"
+    r = _run(["translocation", 1, out], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(["translocation.h5", "resume.pt", "samples_final.png", "reals.png",
+                            "train_log.csv", "train.log"])
+    assert len(files) <= 8 and all((out / f).stat().st_size <= 16 * 2 ** 20 for f in files)
+    b = load_bundle(out / "translocation.h5")
+    assert b.has_prior and b.channel_names == ["DNA", "NFkB"]
+    assert b.provenance["data"]["data_seed"] == 3000
+    it = b.provenance["iterations"]
+    assert it >= 1
+    ck = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert ck["slim"] and ck["iteration"] == it
+
+    again = tmp_path / "again"
+    r = _run(["translocation", 0.2, again, out], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in (again / "train.log").read_text()
+    assert load_bundle(again / "translocation.h5").provenance["iterations"] > it
