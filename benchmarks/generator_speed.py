@@ -159,6 +159,7 @@ def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, f
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
+    flush = dev.type == "cpu" and torch.set_flush_denormal(True)  # as `rls train` does (searches do not)
     run(True)
     plain = min(run(False) for _ in range(iters))
     with_r1 = min(run(True) for _ in range(max(1, iters // 3)))
@@ -168,6 +169,8 @@ def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, f
         with FlopCount() as fc:
             loop._iteration(st, cfg, real, aug)
         flops[r1] = fc.total
+    if flush:
+        torch.set_flush_denormal(False)
     k = cfg.r1_interval
     sec = plain + (with_r1 - plain) / k
     return {"s_per_iter": sec, "images_per_s": batch / sec,
@@ -208,7 +211,6 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         import numpy as np
 
         np.finfo(np.float32), np.finfo(np.float64)  # cache numpy's limits before flushing denormals
-        torch.set_flush_denormal(True)  # as training does: denormals crawl on CPU
     threads = torch.get_num_threads()
     big = 8192 if torch.device(args.device).type == "cuda" else 2048
     peak32 = matmul_peak(torch.float32, args.device, big)

@@ -131,7 +131,11 @@ def _read_group(group) -> Dict[str, np.ndarray]:
 def _write_group(h5, name: str, arrays: Dict[str, np.ndarray]) -> Any:
     g = h5.create_group(name)
     for key, value in arrays.items():
-        g.create_dataset(key.replace(".", "/"), data=np.asarray(value))
+        value = np.asarray(value)
+        # Byte-shuffled gzip: lossless, read transparently by any HDF5 reader; saves ~6 % on
+        # float16 weights, which keeps a standard-preset bundle under 12 MiB with room to spare.
+        packed = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if value.size > 64 else {}
+        g.create_dataset(key.replace(".", "/"), data=value, **packed)
     return g
 
 

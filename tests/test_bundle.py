@@ -107,3 +107,40 @@ def test_no_prior(tmp_path):
 def test_resolve_unknown_name():
     with pytest.raises(BundleError, match="shipped model"):
         resolve_model("no-such-model")
+
+
+def test_standard_preset_bundle_fits_the_size_budget_in_float16(tmp_path):
+    """Issue 11's budget: a standard-preset bundle with its prior <= 12 MiB. Its float16
+    weights render the same image as the float32 ones to within float16 rounding (~1e-3 of
+    the [0, 1] range), and the flow rebuilt without stored masks gives the same densities."""
+    from rls_core.bundle import ModelBundle, set_prior
+    from rls_core.generator import Generator, GeneratorConfig
+    from rls_core.model import LoadedModel
+    from rls_core.priors import fit_prior
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig.preset("standard", 128, 2)).eval()
+    G.estimate_w_avg(2000)
+    stats, flow = fit_prior(G.mapping, 512, n_samples=3000, flow_epochs=1, progress=False)
+    bundle = set_prior(ModelBundle.from_generator(G, ["DNA", "NFkB"], provenance={"note": "x" * 20000}),
+                       stats, flow)
+    half = save_bundle(bundle, tmp_path / "half.h5", half=True)
+    full = save_bundle(bundle, tmp_path / "full.h5")
+    assert half.stat().st_size <= 12 * 2 ** 20 < full.stat().st_size
+    b = load_bundle(half)
+    assert b.generator_state["synthesis.b128.conv1.weight"].dtype == np.float16
+    assert not any(k.endswith(".mask") for k in b.flow_state)
+    m16, m32 = LoadedModel(b, "cpu"), LoadedModel(load_bundle(full), "cpu")
+    w = m32.w_mean[None, None].repeat(2, m32.num_ws, 1)
+    assert (m16.render(w) - m32.render(w)).abs().max() < 0.01
+    x = torch.randn(16, 512)
+    assert torch.allclose(m16.flow().log_prob(x), m32.flow().log_prob(x), rtol=1e-2, atol=0.5)
+
+
+def test_format_1_bundles_still_load(tmp_path):
+    """The shipped cpu-preset models were written as format 1 (float32, flow masks stored)."""
+    path = resolve_model("translocation")
+    with h5py.File(path, "r") as h5:
+        assert int(h5.attrs["format_version"]) == 1 and "mades" in h5["flow"]
+    b = load_bundle(path)
+    assert b.has_prior and torch.isfinite(b.build_flow().log_prob(torch.randn(3, 128))).all()

@@ -33,19 +33,20 @@ example (the shipped 'translocation' model; two channels, 128 px, CPU, ~90 min):
   rls train data/translocation -o runs/translocation --name translocation \\
       --iters 8000 --threads 1 --time-limit 82 --finish-at-limit --resume
 
-how long it takes (measured on this project's 2-core CPU machine, torch 2.13, cpu preset,
-128 px, 2 channels, batch 16, R1 every 16 iterations included):
-  idle machine, --threads 2: {t2:.2f} s/iteration (~{ph2:.0f} iterations per hour)
-  idle machine, --threads 1: {t1:.2f} s/iteration
-  two runs side by side, --threads 1 each: {tp:.2f} s/iteration each (~{php:.0f}/hour each)
+how long it takes (measured on this project's 2-core CPU machine, torch 2.13, 128 px,
+2 channels, batch 16, R1 every 16 iterations included; benchmarks/generator_speed.py):
+  standard preset, idle machine, --threads 2: {s2:.2f} s/iteration (~{sph2:.0f} per hour)
+  standard preset, --threads 1, other core busy: {s1:.2f} s/iteration (~{sph1:.0f} per hour)
+  cpu preset, idle machine, --threads 2: {t2:.2f} s/iteration (~{ph2:.0f} iterations per hour)
+  cpu preset, idle machine, --threads 1: {t1:.2f} s/iteration
+  cpu preset, two runs side by side, --threads 1 each: {tp:.2f} s/iteration each (~{php:.0f}/hour each)
   other jobs competing: ~1.9 s/iteration with 1 thread; 2 threads can then be several
   times slower than 1, so use --threads 1 on a shared machine.
   --pl-weight 2 adds ~5-10%. The end of a run (w_avg, 100k mapped samples, 20 flow
   epochs) takes ~3-5 minutes on 1 thread. Budget of ~90 min per model with two models
   in parallel: --iters 4000 (64 kimg, ~75 min) --time-limit 82 --finish-at-limit.
-  GPU: not measured here; expect roughly 20-50x faster per iteration for the cpu preset
-  (too small to fill a GPU); there prefer --preset paper and tens of thousands of
-  iterations. For reference the authors' model saw millions of images.
+  GPU: not measured yet; scripts/train_on_device.sh is the prepared one-call run for a lent
+  GPU (docs/models.md). For reference the authors' model saw millions of images.
 
 outputs in OUTDIR: checkpoint.pt (one file, replaced every --checkpoint-every iterations;
 exact resume), samples_NNNNNN.png (latest sample grid from fixed latents; first channel
@@ -55,7 +56,8 @@ comparison), train_log.csv (losses per --log-every iterations), <name>.h5 (the b
 
 # Seconds per iteration, cpu preset 128 px, 2 channels, batch 16, R1 amortised, on the 2-core
 # project machine with torch 2.13 CPU (rls_core.train.loop._iteration timed directly).
-MEASURED_S_PER_ITER = {"idle_2_threads": 0.53, "idle_1_thread": 0.92, "two_runs_1_thread_each": 1.1}
+MEASURED_S_PER_ITER = {"idle_2_threads": 0.51, "idle_1_thread": 0.92, "two_runs_1_thread_each": 1.1,
+                       "standard_idle_2_threads": 1.61, "standard_1_thread_busy": 2.4}
 
 
 def _name_list(text: str) -> List[str]:
@@ -68,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.description = DESCRIPTION
     if not parser.epilog:
         m = MEASURED_S_PER_ITER
-        parser.epilog = EPILOG.format(t2=m["idle_2_threads"], ph2=round(3600 / m["idle_2_threads"], -2),
+        parser.epilog = EPILOG.format(s2=m["standard_idle_2_threads"], sph2=round(3600 / m["standard_idle_2_threads"], -2),
+                                      s1=m["standard_1_thread_busy"], sph1=round(3600 / m["standard_1_thread_busy"], -2),
+                                      t2=m["idle_2_threads"], ph2=round(3600 / m["idle_2_threads"], -2),
                                       t1=m["idle_1_thread"], tp=m["two_runs_1_thread_each"],
                                       php=round(3600 / m["two_runs_1_thread_each"], -2))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
