@@ -43,14 +43,10 @@ def bench_model(args):
 
 
 def time_search(search, y, steps: int) -> float:
-    search.run(y, steps=1)  # warm-up (allocator, kernel selection)
-    if y.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    search.run(y, steps=steps)
-    if y.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    """Seconds for `steps` steps (generator_speed.py times one step the same way)."""
+    from generator_speed import time_search as seconds_per_step  # this folder is on sys.path
+
+    return seconds_per_step(search, y, steps) * steps
 
 
 def main() -> None:

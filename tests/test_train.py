@@ -275,3 +275,17 @@ def test_finish_and_cli(data_dir, tmp_path):
     assert run(args) == 0 and (out / "m2.h5").exists()
     bad = parser.parse_args([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"])
     assert run(bad) == 2
+
+
+@pytest.mark.filterwarnings("ignore:accel 'bf16'")
+def test_bf16_autocast_training_runs_and_compile_is_refused(data_dir, tmp_path):
+    """`--accel bf16` trains (main passes in bfloat16, losses and R1 in float32): finite
+    losses, R1 applied; compile is for searches only and is refused with the reason."""
+    out = tmp_path / "bf16"
+    train(_cfg(data_dir, out, accel="bf16"))
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert len(rows) == 4 and all(math.isfinite(float(r["D"])) and math.isfinite(float(r["G"])) for r in rows)
+    assert any(r["R1"] for r in rows)
+    assert _ckpt(out)["config"]["accel"] == "bf16"
+    with pytest.raises(TrainError, match="double backward"):
+        train(_cfg(data_dir, tmp_path / "c", accel="compile"))

@@ -138,6 +138,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=10, metavar="K",
                    help="average losses over K iterations into train_log.csv (default: 10)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--accel", default="none", choices=["none", "bf16", "auto"],
+                   help="bf16: bfloat16 autocast of the main G and D passes (losses, R1 and the optimisers stay "
+                        "float32); for GPUs and CPUs with native bf16, several times slower elsewhere; auto: bf16 "
+                        "where native (default: none)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores); use 1 per run when two runs share "
                         "a 2-core machine")
@@ -169,7 +173,7 @@ def config_from_args(args: argparse.Namespace):
         finish_at_limit=args.finish_at_limit,
         snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
-        flow_epochs=args.flow_epochs, device=args.device, threads=args.threads,
+        flow_epochs=args.flow_epochs, device=args.device, accel=args.accel, threads=args.threads,
         progress=not args.no_progress, data_seed=args.data_seed,
         command=" ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:]),
     )

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..accel import autocast, resolve_accel
 from ..generator import Generator, GeneratorConfig
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
@@ -85,6 +86,7 @@ class TrainConfig:
     flow_hidden: Optional[int] = None       # (run control) None: 2 x w_dim
     flow_epochs: int = 20                   # (run control)
     device: str = "auto"                    # (run control) auto | cpu | cuda[:i]
+    accel: str = "none"                     # (run control) none | bf16 (autocast of the main passes) | auto
     threads: Optional[int] = None           # (run control) torch CPU threads
     progress: bool = True                   # (run control)
     data_seed: Optional[int] = None         # (run control) seed that generated the data, recorded only
@@ -94,7 +96,7 @@ class TrainConfig:
 RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_limit", "finish_at_limit",
                "snapshot_every",
                "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
-               "flow_epochs", "device", "threads", "progress", "data_seed", "command"}
+               "flow_epochs", "device", "accel", "threads", "progress", "data_seed", "command"}
 
 
 class TrainError(RuntimeError):
@@ -196,23 +198,14 @@ def _build(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
     return _State(G, D, G_ema, opt_G, opt_D, pl_mean=torch.zeros([], device=device))
 
 
-def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[CropSampler],
-                    data: Dict[str, Any]) -> Path:
-    """One file, replaced atomically; only tensors and plain containers (weights_only-safe)."""
-    rng = _rng_state(sampler)
-    if torch.cuda.is_available() and st.pl_mean.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    ckpt = {
+def _run_state(st: _State, cfg: TrainConfig, rng: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+    """What every checkpoint holds besides weights: config, counters, data summary, RNG."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": _to_json_safe(cfg),
         "generator_config": st.G.cfg.to_dict(),
         "discriminator_config": st.D.cfg.to_dict(),
-        "G": st.G.state_dict(),
-        "D": st.D.state_dict(),
-        "G_ema": st.G_ema.state_dict(),
-        "opt_G": st.opt_G.state_dict(),
-        "opt_D": st.opt_D.state_dict(),
         "iteration": int(st.iteration),
         "pl_mean": st.pl_mean.detach().cpu(),
         "wall_time": float(st.wall_time),
@@ -220,13 +213,28 @@ def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[
         "data": data,
         "rng": rng,
         "torch_version": str(torch.__version__),
-        "device": str(st.pl_mean.device),
     }
+
+
+def _save_atomically(obj: Dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_checkpoint(path: Path, st: _State, cfg: TrainConfig, sampler: Optional[CropSampler],
+                    data: Dict[str, Any]) -> Path:
+    """One file, replaced atomically; only tensors and plain containers (weights_only-safe)."""
+    rng = _rng_state(sampler)
+    if torch.cuda.is_available() and st.pl_mean.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    ckpt = _run_state(st, cfg, rng, data)
+    ckpt.update({"G": st.G.state_dict(), "D": st.D.state_dict(), "G_ema": st.G_ema.state_dict(),
+                 "opt_G": st.opt_G.state_dict(), "opt_D": st.opt_D.state_dict(),
+                 "device": str(st.pl_mean.device)})
+    return _save_atomically(ckpt, path)
 
 
 def save_resume_checkpoint(path: Path, st: _State, cfg: TrainConfig, rng: Dict[str, Any],
@@ -237,30 +245,13 @@ def save_resume_checkpoint(path: Path, st: _State, cfg: TrainConfig, rng: Dict[s
     standard preset). This one keeps only D (float16) and the run state: the generator comes
     back from the bundle's EMA weights (G = G_ema on resume, as in an EMA restart) and the
     Adam moments start again. Resuming from it is therefore not bit-identical, but stable
-    (tests/test_train.py checks the losses stay in range; docs/models.md).
+    (tests/test_train.py compares the losses with an uninterrupted run's).
     """
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "slim": True,
-        "bundle": bundle_path.name,
-        "config": _to_json_safe(cfg),
-        "generator_config": st.G.cfg.to_dict(),
-        "discriminator_config": st.D.cfg.to_dict(),
-        "D": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-              for k, v in st.D.state_dict().items()},
-        "iteration": int(st.iteration),
-        "pl_mean": st.pl_mean.detach().cpu(),
-        "wall_time": float(st.wall_time),
-        "commands": list(st.commands),
-        "data": data,
-        "rng": rng,
-        "torch_version": str(torch.__version__),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    ckpt = _run_state(st, cfg, rng, data)
+    ckpt.update({"slim": True, "bundle": bundle_path.name,
+                 "D": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+                       for k, v in st.D.state_dict().items()}})
+    return _save_atomically(ckpt, path)
 
 
 def _rng_state(sampler: Optional[CropSampler]) -> Dict[str, Any]:
@@ -376,10 +367,17 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
     it = st.iteration
     out: Dict[str, float] = {}
 
+    # Main passes may run under bf16 autocast (cfg.accel); the losses, the regularisers (R1's
+    # double backward, path length) and the optimisers stay float32.
+    amp = lambda: autocast(cfg.accel, dev)  # noqa: E731
+
     # G main: make D call fakes real.
     D.requires_grad_(False)
-    fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing), noise_mode="random")
-    loss_g = F.softplus(-D(augment(fake, aug))).mean()
+    with amp():
+        fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing),
+                           noise_mode="random")
+        logits = D(augment(fake, aug))
+    loss_g = F.softplus(-logits.float()).mean()
     _step(st.opt_G, loss_g)
     out["G"] = loss_g.item()
 
@@ -398,10 +396,12 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
     D.requires_grad_(True)
 
     # D main: fakes low, reals high.
-    with torch.no_grad():
+    with torch.no_grad(), amp():
         fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing),
                            noise_mode="random")
-    loss_d = F.softplus(D(augment(fake, aug))).mean() + F.softplus(-D(augment(real, aug))).mean()
+    with amp():
+        logits_fake, logits_real = D(augment(fake, aug)), D(augment(real, aug))
+    loss_d = F.softplus(logits_fake.float()).mean() + F.softplus(-logits_real.float()).mean()
     _step(st.opt_D, loss_d)
     out["D"] = loss_d.item()
 
@@ -609,6 +609,14 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         st = _restore(ckpt, cfg, device)
         st.commands.append(command)
         return _finish(st, cfg, ckpt["data"], device, ckpt["rng"])
+    try:
+        accel = resolve_accel(cfg.accel, device)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if "compile" in accel:
+        raise TrainError(f"--accel {cfg.accel}: training supports none, bf16 and auto (torch.compile cannot run "
+                         "R1's double backward); use compile for searches")
+    cfg = replace(cfg, accel=accel)
 
     fs: FieldSet = load_fields(cfg.data_dir, cfg.channels, cfg.resolution,
                                normalization=ckpt["data"]["normalization"] if ckpt else None,
