@@ -57,7 +57,9 @@ passes. A GPU is much faster; on a CPU start with a small image, few
 steps, or *bicubic* to set up the pipeline. On a CPU, each CellProfiler
 analysis worker uses its share of the cores (cores / maximum number of
 workers in Preferences); on a GPU, lower *GPU memory share* when several
-workers share one GPU.
+workers share one GPU. *Generator acceleration* (advanced settings)
+trades a little numerical exactness for speed: bfloat16 on GPUs, or
+compiling the generator once per worker.
 
 Installation: the module needs the ``rls_core`` Python package (this
 repository, ``pip install -e .`` into CellProfiler's Python) and PyTorch.
@@ -146,6 +148,11 @@ METHODS = {
 DEVICE_AUTO, DEVICE_CPU, DEVICE_GPU = "Automatic", "CPU", "GPU"
 DEVICES = {DEVICE_AUTO: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
 
+#: generator acceleration shown to the user -> rls_core.accel mode (a test checks they agree)
+ACCEL_LABELS = {"Float32 (reference)": "none", "bfloat16 (GPUs)": "bf16", "Compiled (torch.compile)": "compile",
+                "bfloat16 + compiled": "bf16+compile", "Automatic": "auto"}
+ACCEL_DEFAULT_LABEL = "Float32 (reference)"
+
 #: RLS's prior weights at realism 1 (rls_core.search.RLS.defaults; a test checks they agree)
 RLS_PRIOR_DEFAULTS = {"lambda_logp": 0.002, "lambda_pnorm": 0.004, "lambda_cross": 0.5}
 
@@ -228,7 +235,7 @@ def model_info(path: str) -> Tuple[str, List[str], int, bool]:
 class SuperResolveRLS(Module):
     module_name = "SuperResolveRLS"
     category = "Image Processing"
-    variable_revision_number = 1
+    variable_revision_number = 2
     doi = {
         "Please cite the RLS paper when using SuperResolveRLS:": "https://arxiv.org/abs/2405.19112",
         "If you use PULSE, also cite:": "https://arxiv.org/abs/2003.03808",
@@ -402,6 +409,17 @@ fidelity-vs-realism knob.""",
 How many tiles are searched at once. Larger is faster on a GPU until
 memory runs out; lower it after an out-of-memory error.""",
         )
+        self.accel = Choice(
+            "Generator acceleration", list(ACCEL_LABELS), value=ACCEL_DEFAULT_LABEL,
+            doc="""\
+How the generator runs. *Float32* is the reference. *bfloat16* is
+faster on GPUs (and on CPUs with native bfloat16 support, e.g. AMX);
+elsewhere it is much slower. *Compiled* first compiles the generator
+once per CellProfiler worker, then runs faster: worth it for many
+images. *Automatic* picks bfloat16 where it is native, else float32.
+The results agree closely with float32; docs/performance.md has the
+measured speeds.""",
+        )
 
     def settings(self) -> list:
         result = [self.model_choice, self.model_directory, self.model_file, self.channel_count]
@@ -409,7 +427,8 @@ memory runs out; lower it after an out-of-memory error.""",
             result += [group.input_image, group.output_image]
         result += [self.factor, self.method, self.realism, self.steps, self.samples, self.uncertainty_suffix,
                    self.seed, self.device, self.gpu_memory_share, self.auto_overlap, self.overlap,
-                   self.show_advanced, self.lambda_logp, self.lambda_pnorm, self.lambda_cross, self.batch_size]
+                   self.show_advanced, self.lambda_logp, self.lambda_pnorm, self.lambda_cross, self.batch_size,
+                   self.accel]
         return result
 
     def visible_settings(self) -> list:
@@ -437,6 +456,8 @@ memory runs out; lower it after an out-of-memory error.""",
             if self.method_name() == "rls":
                 result += [self.lambda_logp, self.lambda_pnorm, self.lambda_cross]
             result += [self.batch_size]
+            if self.method_name() != "bicubic":
+                result += [self.accel]
         return result
 
     def help_settings(self) -> list:
@@ -444,14 +465,14 @@ memory runs out; lower it after an out-of-memory error.""",
                 self.channels[0].input_image, self.channels[0].output_image, self.factor, self.method,
                 self.realism, self.steps, self.samples, self.uncertainty_suffix, self.seed, self.device,
                 self.gpu_memory_share, self.auto_overlap, self.overlap, self.show_advanced, self.lambda_logp,
-                self.lambda_pnorm, self.lambda_cross, self.batch_size]
+                self.lambda_pnorm, self.lambda_cross, self.batch_size, self.accel]
 
     def upgrade_settings(self, setting_values, variable_revision_number, module_name):
-        """Bring settings saved by an older revision to the current layout.
-
-        Revision 1 is the first; a later revision adds `if variable_revision_number == 1: ...;
-        variable_revision_number = 2` here, one step per revision.
-        """
+        """Bring settings saved by an older revision to the current layout, one step per
+        revision. 1 -> 2: the generator acceleration setting, appended (float32, as before)."""
+        if variable_revision_number == 1:
+            setting_values = list(setting_values) + [ACCEL_DEFAULT_LABEL]
+            variable_revision_number = 2
         return setting_values, variable_revision_number
 
     # ------------------------------------------------------------------ helpers
@@ -603,7 +624,8 @@ memory runs out; lower it after an out-of-memory error.""",
                 steps=int(self.steps.value), samples=int(self.samples.value) if method != "bicubic" else 1,
                 seed=int(self.seed.value), device=str(device), realism=float(self.realism.value),
                 weights=self.weights(), overlap=None if self.auto_overlap.value else int(self.overlap.value),
-                batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress)
+                batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress,
+                accel=ACCEL_LABELS[self.accel.value])
         except (InputError, BundleError) as e:
             raise ValueError("SuperResolveRLS: %s" % e) from None
 

@@ -220,9 +220,9 @@ def _add_super_resolve(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
     p.add_argument("--accel", default=DEFAULT_ACCEL, choices=ACCEL_MODES,
                    help="how the generator runs: none (float32, the reference), bf16 (autocast; for GPUs and "
-                        "CPUs with native bf16), compile (torch.compile: a one-off warm-up of a minute or two, "
-                        "then faster steps; worth it for many tiles), bf16+compile, auto (bf16 where native, "
-                        "else none); results agree within 0.2 dB LR-PSNR (default: %(default)s)")
+                        "CPUs with native bf16), compile (torch.compile: a one-off warm-up per run, then faster "
+                        "steps; worth it for many tiles), bf16+compile, auto (bf16 where native, else none); "
+                        "results agree closely with none (docs/performance.md) (default: %(default)s)")
     p.add_argument("--realism", type=float, default=1.0,
                    help="fidelity-vs-realism knob: scales all prior weights (default: 1 = paper)")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE",

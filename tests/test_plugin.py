@@ -103,7 +103,7 @@ def test_plugin_registered(cp):
 
     cls = get_module_class("SuperResolveRLS")
     assert cls.category == "Image Processing"
-    assert cls.variable_revision_number == 1
+    assert cls.variable_revision_number == 2
     doc = cls.__doc__
     for needle in ("Respects masks?", "2405.19112", "2003.03808", "2012.09967", "1912.04958", "2004.00049"):
         assert needle in doc
@@ -134,9 +134,20 @@ def test_settings_round_trip(cp, tiny_model_path):
     assert m2.uncertainty_names() == []  # no search, no samples
 
 
-def test_upgrade_settings_identity(cp, sr_module):
-    values = [s.value_text for s in sr_module.settings()]
-    assert sr_module.upgrade_settings(list(values), 1, "SuperResolveRLS") == (values, 1)
+def test_revision_1_settings_upgrade_to_float32_acceleration(cp, sr_module):
+    """A pipeline saved before the acceleration setting (revision 1) loads with it at the
+    float32 reference; the module's labels map onto rls_core's modes exactly."""
+    import sys
+
+    from rls_core.accel import ACCEL_MODES
+
+    plugin = sys.modules[type(sr_module).__module__]
+
+    assert set(plugin.ACCEL_LABELS.values()) == set(ACCEL_MODES)
+    current = [s.value_text for s in sr_module.settings()]
+    old = current[:-1]  # revision 1 had everything but the last setting
+    assert sr_module.upgrade_settings(list(old), 1, "SuperResolveRLS") == (old + [plugin.ACCEL_DEFAULT_LABEL], 2)
+    assert sr_module.upgrade_settings(list(current), 2, "SuperResolveRLS") == (current, 2)
 
 
 def test_prior_defaults_match_rls_core(cp):

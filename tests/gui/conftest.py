@@ -38,7 +38,8 @@ FACTOR, STEPS = 8, 3
 ADVANCED_LABELS = ("Prior weight of the latent likelihood (lambda_logp)",
                    "Prior weight of the latent norm (lambda_pnorm)",
                    "Prior weight of the cross-layer consistency (lambda_cross)",
-                   "Batch size (tiles x samples)")
+                   "Batch size (tiles x samples)",
+                   "Generator acceleration")
 SCREEN = (1920, 1200)
 DEADLINE_S = 240  # the driver gives up (with a screenshot) after this
 START_ATTEMPTS = 3  # Xvfb here now and then refuses wx's first connection: start again
