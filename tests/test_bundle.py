@@ -144,3 +144,17 @@ def test_format_1_bundles_still_load(tmp_path):
         assert int(h5.attrs["format_version"]) == 1 and "mades" in h5["flow"]
     b = load_bundle(path)
     assert b.has_prior and torch.isfinite(b.build_flow().log_prob(torch.randn(3, 128))).all()
+
+
+def test_committed_campaign_files_fit_the_budget():
+    """What the training campaign keeps in the repository (docs/models.md): the standard-
+    preset bundle and its slim resume checkpoint, each <= 12 MiB, belonging together."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "training" / "checkpoints"
+    bundle, resume = folder / "translocation.h5", folder / "translocation.pt"
+    assert bundle.stat().st_size <= 12 * 2 ** 20 and resume.stat().st_size <= 12 * 2 ** 20
+    b = load_bundle(bundle)
+    assert b.has_prior and b.generator_config["w_dim"] == 512 and b.generator_config["mapping_layers"] == 8
+    ck = torch.load(resume, map_location="cpu", weights_only=True)
+    assert ck["slim"] and ck["iteration"] == b.provenance["iterations"]
