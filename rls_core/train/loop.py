@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import math
 import os
 import shlex
@@ -55,7 +56,7 @@ class TrainConfig:
     name: str = "model"                     # (run control) bundle file name: OUTDIR/<name>.h5
     channels: Optional[List[str]] = None    # channel names, e.g. ["DNA", "NFkB"]
     resolution: int = 128                   # HR crop / generator size (power of two)
-    preset: str = "standard"                # generator size: one of generator.PRESETS
+    preset: str = "standard"                # generator size: one of rls_core.presets.PRESET_NAMES
     d_width: float = 1.0                    # discriminator widths = generator preset widths x this
     iters: int = 3000                       # (run control) total iterations (G + D step each)
     batch: int = 16
@@ -369,7 +370,7 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
 
     # Main passes may run under bf16 autocast (cfg.accel); the losses, the regularisers (R1's
     # double backward, path length) and the optimisers stay float32.
-    amp = lambda: autocast(cfg.accel, dev)  # noqa: E731
+    amp = functools.partial(autocast, cfg.accel, dev)
 
     # G main: make D call fakes real.
     D.requires_grad_(False)
