@@ -2,10 +2,10 @@
 
   none          float32, eager (default; the reference numerics)
   bf16          bfloat16 autocast of the synthesis network; warns where the device has no
-                native bf16 (on CPUs without AVX-512-BF16/AMX it runs ~10x slower, measured
-                in docs/performance.md)
-  compile       torch.compile of the synthesis network, float32 (a one-off warm-up of
-                ~1.5 min per process on 2 CPU cores, then ~2x faster steps on CPU)
+                native bf16 (CPUs without AVX-512-BF16/AMX run it several times slower)
+  compile       torch.compile of the synthesis network, float32 (a one-off warm-up per
+                process, then faster steps)
+Measured speeds of each mode: docs/performance.md (benchmarks/generator_speed.py).
   bf16+compile  both
   auto          bf16 where the device has native bf16 (CUDA GPUs, AMX/AVX-512-BF16 CPUs),
                 else none; never compile (the warm-up is not always worth it)

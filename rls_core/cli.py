@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample the mapping network, fit mean w, PULSE's and the full-covariance "
                                    "Gaussian statistics and the MAF flow prior, and store them in the bundle. "
                                    "Cost on 2 CPU cores for a 128-d 'cpu' model: ~1-3 min with defaults; "
-                                   "a 512-d 'standard' model ~6-9 min on one thread (flow hidden 128); the authors' "
+                                   "a 512-d 'standard' model ~12 min on one thread (flow hidden 128); the authors' "
                                    "1024-unit flow takes much longer on CPU, minutes on a GPU.")
     p.add_argument("model", help="shipped model name or .h5 path (updated in place unless -o)")
     p.add_argument("-o", "--output", default=None, help="write to this path instead")
