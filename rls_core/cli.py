@@ -274,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-prior", help="fit the latent statistics and the flow prior into a bundle",
                        description="Sample the mapping network, fit mean w, PULSE's and the full-covariance "
                                    "Gaussian statistics and the MAF flow prior, and store them in the bundle. "
-                                   "Cost on 2 CPU cores for a 128-d 'cpu' model: ~1-3 min with defaults; "
-                                   "a 512-d 'standard' model ~12 min on one thread (flow hidden 128); the authors' "
-                                   "1024-unit flow takes much longer on CPU, minutes on a GPU.")
+                                   "A few minutes on one CPU thread with the defaults (measured in "
+                                   "docs/performance.md); the authors' 1024-unit flow takes much longer on "
+                                   "CPU.")
     p.add_argument("model", help="shipped model name or .h5 path (updated in place unless -o)")
     p.add_argument("-o", "--output", default=None, help="write to this path instead")
     p.add_argument("--samples", type=int, default=100_000, help="mapped samples (default: %(default)s)")

@@ -117,18 +117,32 @@ class MAF(nn.Module):
     def calibrate_(self, x: Tensor, batch_size: int = 8192) -> "MAF":
         """Set every batch-norm layer's running statistics to the exact statistics of `x`
         (N, dim) as it arrives at that layer: removes the lag of the moving averages, so
-        eval-mode densities are those of the trained transform."""
+        eval-mode densities are those of the trained transform.
+
+        Works batch by batch (per-batch float32 moments merged in float64), so the cost is
+        one forward pass with no full-size concatenation or float64 copy of `x`."""
+        parts = list(torch.split(x, batch_size))
         for made, norm in zip(self.mades, self.norms):
-            parts = []
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[i:i + batch_size]
+            n_seen, mean, m2 = 0, None, None
+            for j, xb in enumerate(parts):
                 mu, alpha = made(xb)
-                parts.append((xb - mu) * torch.exp(-alpha))
-            z = torch.cat(parts)
-            norm.running_mean.copy_(z.double().mean(0))
-            norm.running_var.copy_(z.double().var(0, unbiased=False))
-            x = ((z - norm.running_mean) * torch.rsqrt(norm.running_var + norm.eps)
-                 * norm.log_gamma.exp() + norm.beta).flip(-1)
+                zb = (xb - mu) * torch.exp(-alpha)
+                parts[j] = zb
+                var_b, mean_b = torch.var_mean(zb, dim=0, unbiased=False)
+                nb = zb.shape[0]
+                mean_b, m2_b = mean_b.double(), var_b.double() * nb
+                if mean is None:
+                    n_seen, mean, m2 = nb, mean_b, m2_b
+                    continue
+                delta = mean_b - mean  # Chan et al.: merge two sets' mean and sum of squares
+                total = n_seen + nb
+                mean = mean + delta * (nb / total)
+                m2 = m2 + m2_b + delta.square() * (n_seen * nb / total)
+                n_seen = total
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(m2 / n_seen)
+            scale = torch.rsqrt(norm.running_var + norm.eps) * norm.log_gamma.exp()
+            parts = [((zb - norm.running_mean) * scale + norm.beta).flip(-1) for zb in parts]
         return self
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -149,11 +163,14 @@ def _mean_nll(flow: MAF, x: Tensor, batch_size: int) -> float:
 
 def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int = 20,
              batch_size: int = 1024, lr: float = 1e-3, seed: int = 0, val_fraction: float = 0.05,
-             progress: bool = True, device=None) -> MAF:
+             progress: bool = True, device=None, calibration_samples: int = 16384) -> MAF:
     """Maximum-likelihood fit of a MAF to `samples` (N, dim) with Adam.
 
     Keeps the state with the best validation NLL (the training NLL when there is no
     validation split) and returns it in eval mode on `device` (default: the samples').
+    Each epoch's validation uses batch-norm statistics from `calibration_samples` training
+    samples (a full pass per epoch cost as much as the epoch's training); the returned flow is
+    calibrated on the whole training split.
     The global RNG is left untouched; `seed` fixes initialisation, split and shuffling.
     """
     if samples.dim() != 2 or samples.shape[0] < 2:
@@ -173,6 +190,7 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
     flow.to(device)
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
 
+    x_calib = x_train[:calibration_samples]  # already in random order
     best, best_state = math.inf, copy.deepcopy(flow.state_dict())
     bar = tqdm(range(epochs), desc="fit flow", disable=not progress)
     for _ in bar:
@@ -190,11 +208,11 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
             opt.step()
             train_total += loss.item() * batch.shape[0]
         flow.eval()
-        flow.calibrate_(x_train, batch_size=max(batch_size, 8192))
+        flow.calibrate_(x_calib, batch_size=max(batch_size, 8192))
         score = _mean_nll(flow, x_val, batch_size) if n_val else train_total / x_train.shape[0]
         if math.isfinite(score) and score < best:
             best, best_state = score, copy.deepcopy(flow.state_dict())
         bar.set_postfix(val_nll_per_dim=f"{score / dim:.4f}", best=f"{best / dim:.4f}")
     bar.close()
     flow.load_state_dict(best_state)
-    return flow.eval()
+    return flow.eval().calibrate_(x_train, batch_size=max(batch_size, 8192))

@@ -61,6 +61,27 @@ def test_training_mode_updates_running_stats():
     assert not torch.allclose(m.norms[0].running_mean, torch.zeros(3))
 
 
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_calibrate_sets_exact_statistics_whatever_the_batching(batch_size):
+    # calibrate_ merges per-batch moments; each norm layer must end up with the mean and
+    # (biased) variance of the whole set as it reaches that layer, as a one-shot float64
+    # pass computes them. A wrong merge formula is off by O(1/batch) or worse.
+    m = _perturbed_maf(5)
+    x = torch.randn(300, 5) * 2 + 1
+    m.calibrate_(x, batch_size=batch_size)
+    z = x.double()
+    md = _perturbed_maf(5).double()  # same seed: the same weights, in float64
+    for made, norm, norm_ref in zip(md.mades, m.norms, md.norms):
+        mu, alpha = made(z)
+        z = (z - mu) * torch.exp(-alpha)
+        mean, var = z.mean(0), z.var(0, unbiased=False)
+        assert torch.allclose(norm.running_mean.double(), mean, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(norm.running_var.double(), var, rtol=1e-5, atol=1e-5)
+        norm_ref.running_mean.copy_(mean)
+        norm_ref.running_var.copy_(var)
+        z = norm_ref(z)[0].flip(-1)
+
+
 def test_config_roundtrip():
     m = _perturbed_maf(5, hidden=12, n_blocks=2)
     state = m.state_dict()

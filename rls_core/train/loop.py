@@ -658,7 +658,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
     bar = tqdm(total=cfg.iters, initial=min(st.iteration, cfg.iters), desc=f"train {cfg.name}",
                disable=not cfg.progress, dynamic_ncols=True)
     window: Dict[str, List[float]] = {}
-    iter_s = 0.0
+    iter_s, last_r1 = 0.0, float("nan")
     try:
         with _StopFlag() as flag:
             while st.iteration < cfg.iters:
@@ -680,8 +680,10 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
                 if it % cfg.log_every == 0 or it == cfg.iters or out_of_time or flag.stop:
                     mean = {k: float(np.mean(v)) for k, v in window.items()}
                     window = {}
+                    # R1 runs lazily, so a log window may hold none: show the last one measured.
+                    last_r1 = mean.get("R1", last_r1)
                     bar.set_postfix(D=f"{mean.get('D', 0):.3f}", G=f"{mean.get('G', 0):.3f}",
-                                    R1=f"{mean.get('R1', float('nan')):.3g}", kimg=f"{it * cfg.batch / 1000:.1f}",
+                                    R1=f"{last_r1:.3g}", kimg=f"{it * cfg.batch / 1000:.1f}",
                                     s_it=f"{iter_s:.2f}", refresh=False)
                     _append_log(outdir / LOG_NAME, {**mean, "iteration": it, "kimg": it * cfg.batch / 1000,
                                                     "s_per_iter": iter_s,
