@@ -19,16 +19,17 @@ from rls_core.evaluate.defaults import DEFAULT_SEED
 from rls_core.evaluate.degrade import hr_unit
 from rls_core.evaluate.stats import realism_distance
 from rls_core.model import load_model
+from rls_core.seeding import TileKey, tile_seeds
 
 
 @torch.no_grad()
 def samples(model, n: int, psi: float, seed: int) -> np.ndarray:
     """n images in [0, 1] from w = w_mean + psi * (mapping(z) - w_mean), fixed random noise."""
-    gen = torch.Generator().manual_seed(seed)
-    w = model.sample_w(n, gen)
+    gens = [torch.Generator().manual_seed(s) for s in tile_seeds(seed, [TileKey(f"sample{i}") for i in range(n)])]
+    w = model.sample_w(gens)
     w = model.w_mean + psi * (w - model.w_mean)
     w_plus = w[:, None].expand(-1, model.num_ws, -1)
-    return model.render(w_plus, model.random_noise(n, gen)).clamp(0, 1).cpu().numpy()
+    return model.render(w_plus, model.random_noise(gens)).clamp(0, 1).cpu().numpy()
 
 
 def main() -> None:

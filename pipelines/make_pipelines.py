@@ -245,7 +245,11 @@ def check(pipeline) -> None:
             raise RuntimeError(f"{m.module_name} #{m.module_num} invalid: {e.message}") from None
 
 
-METHOD_CHOICES = ("RLS", "PULSE", "BRGM", "w/o regularisation", "bicubic")
+def method_choices() -> List[str]:
+    """The module's method labels, from the one table (rls_core.methods)."""
+    from rls_core.methods import MODULE_CHOICES
+
+    return list(MODULE_CHOICES)
 
 
 def load(path: Path):
@@ -296,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="read IN.cppipe, change its SuperResolveRLS settings as below, write OUT.cppipe")
     cu.add_argument("--model", help="shipped model name or path to a .h5 model bundle")
     cu.add_argument("--factor", type=int)
-    cu.add_argument("--method", choices=METHOD_CHOICES)
+    cu.add_argument("--method", choices=method_choices())
     cu.add_argument("--steps", type=int)
     cu.add_argument("--samples", type=int)
     args = ap.parse_args(argv)

@@ -136,14 +136,30 @@ SHIPPED_MODELS = ("translocation", "golgi")
 CUSTOM_MODEL = "Custom file..."
 MAX_CHANNELS = 4
 
-#: method choice shown to the user -> rls_core method name
-METHODS = {
-    "RLS": "rls",
-    "PULSE": "pulse",
-    "BRGM": "brgm",
-    "w/o regularisation": "plain",
-    "bicubic": "bicubic",
-}
+
+
+def _import_method_table():
+    """rls_core.methods (torch-free): the method choices and their defaults live there.
+    Falls back to the repository holding this plugin; None when rls_core is nowhere, so the
+    module still loads and its validation says how to install it."""
+    try:
+        from rls_core import methods
+    except ImportError:
+        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isdir(os.path.join(repo_root, "rls_core")):
+            return None
+        if repo_root not in sys.path:
+            sys.path.append(repo_root)
+        try:
+            from rls_core import methods
+        except ImportError:
+            return None
+    return methods
+
+
+METHOD_TABLE = _import_method_table()
+#: method choice shown to the user -> rls_core method name (the table's module labels)
+METHODS = dict(METHOD_TABLE.MODULE_CHOICES) if METHOD_TABLE is not None else {"RLS": "rls"}
 
 DEVICE_AUTO, DEVICE_CPU, DEVICE_GPU = "Automatic", "CPU", "GPU"
 DEVICES = {DEVICE_AUTO: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
@@ -153,8 +169,9 @@ ACCEL_LABELS = {"Float32 (reference)": "none", "bfloat16 (GPUs)": "bf16", "Compi
                 "bfloat16 + compiled": "bf16+compile", "Automatic": "auto"}
 ACCEL_DEFAULT_LABEL = "Float32 (reference)"
 
-#: RLS's prior weights at realism 1 (rls_core.search.RLS.defaults; a test checks they agree)
-RLS_PRIOR_DEFAULTS = {"lambda_logp": 0.002, "lambda_pnorm": 0.004, "lambda_cross": 0.5}
+#: RLS's prior weights at realism 1, shown as the advanced settings' defaults
+RLS_PRIOR_DEFAULTS = {k: (METHOD_TABLE.METHODS["rls"].weights[k] if METHOD_TABLE is not None else 0.0)
+                      for k in ("lambda_logp", "lambda_pnorm", "lambda_cross")}
 
 C_SUPERRESOLVE = "SuperResolveRLS"
 F_LRPSNR, F_CONVERGED, F_SECONDS, F_TILES = "LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles"
@@ -521,6 +538,15 @@ measured speeds.""",
         return {"lambda_logp": self.lambda_logp.value, "lambda_pnorm": self.lambda_pnorm.value,
                 "lambda_cross": self.lambda_cross.value}
 
+    @staticmethod
+    def field_name(workspace, images) -> str:
+        """What keys the field's random streams: the first input's file name, which stays the
+        same however CellProfiler splits or orders the image sets (batch mode, -f/-l)."""
+        for im in images:
+            if getattr(im, "file_name", None):
+                return str(im.file_name)
+        return "image set %d" % workspace.measurements.image_set_number
+
     def feature_name(self, feature: str) -> str:
         return "%s_%s_%s" % (C_SUPERRESOLVE, feature, self.output_names()[0])
 
@@ -552,14 +578,17 @@ measured speeds.""",
                 "The model '%s' has %d channel(s): %s. Set the number of channels to %d and select the images "
                 "in this order." % (name, n, ", ".join(channel_names), n), self.channel_count)
         factor = int(self.factor.value)
-        if resolution % factor != 0 or resolution // factor < 2:
-            ok = [f for f in (2, 4, 8, 16, 32, 64) if resolution % f == 0 and resolution // f >= 2]
+        ok = METHOD_TABLE.valid_factors(resolution)
+        if factor not in ok:
             raise ValidationError(
                 "The factor %d does not fit the model '%s' (%d-pixel tiles); choose one of %s."
                 % (factor, name, resolution, ", ".join(map(str, ok))), self.factor)
-        needs_prior = self.method_name() == "pulse" or (
-            self.method_name() in ("rls", "brgm") and float(self.realism.value) > 0)
-        if needs_prior and not has_prior:
+        method = METHOD_TABLE.get_method(self.method_name())
+        try:
+            weights = method.weights_at(float(self.realism.value), self.weights())
+        except ValueError as e:
+            raise ValidationError(str(e), self.realism)
+        if method.needs_prior(weights) and not has_prior:
             raise ValidationError(
                 "The model '%s' has no latent prior, which %s needs: run `rls fit-prior` on the model file, or "
                 "choose 'w/o regularisation'." % (name, self.method.value), self.method)
@@ -622,7 +651,7 @@ measured speeds.""",
             result = super_resolve(
                 pixels, self.model_path(), int(self.factor.value), method,
                 steps=int(self.steps.value), samples=int(self.samples.value) if method != "bicubic" else 1,
-                seed=int(self.seed.value), device=str(device), realism=float(self.realism.value),
+                seed=int(self.seed.value), name=self.field_name(workspace, images), device=str(device), realism=float(self.realism.value),
                 weights=self.weights(), overlap=None if self.auto_overlap.value else int(self.overlap.value),
                 batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress,
                 accel=ACCEL_LABELS[self.accel.value])

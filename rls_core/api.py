@@ -1,7 +1,9 @@
 """`super_resolve`: the one entry point that the CLI and the CellProfiler plugin both call.
 
 Data flows one way: full-scale LR channels -> model intensity range -> tiles ->
-search (operator + priors + generator) -> blended HR field (+ uncertainty) -> full-scale.
+reconstructor (operator + priors + generator; rls_core.reconstruct) -> blended HR field
+(+ uncertainty) -> full-scale. Four steps, one function each: validate, prepare the tiles,
+run them, assemble the field.
 """
 from __future__ import annotations
 
@@ -14,18 +16,17 @@ import numpy as np
 import torch
 
 from .accel import DEFAULT_ACCEL
+from .errors import InputError
+from .methods import DEFAULT_METHOD, get_method, valid_factors
 from .model import LoadedModel, load_model
-from .operators import make_operator, upsample_bicubic
+from .reconstruct import iter_reconstruct, make_reconstructor
 from .registry import DEFAULT_MODEL
-from .search import METHODS, make_search, psnr, refine
-from .tiling import Blender, TileGrid, iter_batches, make_grid, pad_field, tiles_in_mask
+from .seeding import TileKey, check_seed
+from .tiling import Blender, TileGrid, make_grid, pad_field, tiles_in_mask
 
 ImageLike = Union[np.ndarray, Sequence[np.ndarray]]
-
-
-class InputError(ValueError):
-    """Bad user input: the message names the problem and the fix."""
-
+#: the field name used for per-tile random streams when the caller gives none
+DEFAULT_FIELD_NAME = "field"
 
 @dataclass
 class SRResult:
@@ -73,10 +74,9 @@ def _as_channels(image: ImageLike, n_channels: int, names: Sequence[str]) -> np.
 def check_factor(model: LoadedModel, factor: int) -> int:
     """LR tile size for `factor`; raises if the factor does not fit the model's tile."""
     R = model.resolution
-    if factor < 1 or R % factor != 0 or R // factor < 2:
-        ok = [f for f in (2, 4, 8, 16, 32, 64) if R % f == 0 and R // f >= 2]
+    if factor not in valid_factors(R):
         raise InputError(f"factor {factor} does not fit model '{model.name}' ({R}-px tiles): "
-                         f"choose one of {ok}")
+                         f"choose one of {list(valid_factors(R))}")
     return R // factor
 
 
@@ -84,13 +84,93 @@ def default_overlap(tile: int) -> int:
     return tile // 4
 
 
+@dataclass
+class _Prepared:
+    """A validated field cut into LR tiles, ready to run."""
+
+    unit: np.ndarray                  # (C, h, w) LR field in the model's [0, 1] units
+    grid: TileGrid
+    tiles: np.ndarray                 # (N, C, r, r) the tiles that run (inside the mask)
+    index: List[int]                  # their indices in grid.positions
+    keys: List[TileKey]               # what each tile is, for its random stream
+    mask: Optional[np.ndarray]        # (h, w) bool LR mask, or None
+
+
+def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, samples: int, batch_size: int,
+              seed: int, mask: Optional[np.ndarray]) -> np.ndarray:
+    """Check every input before any work; returns the (C, h, w) float32 LR stack."""
+    try:
+        get_method(method)
+        check_seed(seed)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if samples < 1:
+        raise InputError(f"samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    tile = check_factor(m, factor)
+    lr_img = _as_channels(image, len(m.channel_names), m.channel_names)
+    h, w = lr_img.shape[1:]
+    if h < tile or w < tile:
+        raise InputError(f"the LR image ({h}x{w} px) is smaller than one LR tile ({tile}x{tile} px at {factor}x "
+                         f"for a {m.resolution}-px model); use a larger image or a smaller factor")
+    if mask is not None and np.shape(mask) != (h, w):
+        raise InputError(f"the mask is {np.shape(mask)} px but the image is {h}x{w}; "
+                         "give a mask of the LR image's size")
+    return lr_img
+
+
+def _prepare(m: LoadedModel, lr_img: np.ndarray, factor: int, overlap: Optional[int], name: str,
+             mask: Optional[np.ndarray]) -> _Prepared:
+    """LR field -> model units -> padded grid of tiles (those touching the mask)."""
+    tile = m.resolution // factor
+    h, w = lr_img.shape[1:]
+    unit = np.clip(m.to_unit(lr_img), 0.0, 1.0).astype(np.float32)
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
+    try:
+        grid = make_grid((h, w), tile, factor, overlap)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    padded = pad_field(unit, grid)
+    lr_mask = np.asarray(mask, dtype=bool) if mask is not None else None
+    keep = np.ones(len(grid.positions), bool)
+    if lr_mask is not None:
+        keep = tiles_in_mask(grid, pad_field(lr_mask[None].astype(np.uint8), grid)[0] > 0)
+    index = [i for i in range(len(grid.positions)) if keep[i]]
+    tiles = np.stack([padded[:, py:py + tile, px:px + tile] for py, px in (grid.positions[i] for i in index)]) \
+        if index else np.zeros((0, unit.shape[0], tile, tile), np.float32)
+    keys = [TileKey(name, py // grid.stride, px // grid.stride) for py, px in (grid.positions[i] for i in index)]
+    return _Prepared(unit, grid, tiles, index, keys, lr_mask)
+
+
+class _Progress:
+    """Forwards tile-step counts to a tqdm bar and/or a callback(done, total)."""
+
+    def __init__(self, desc: str, show: bool, callback: Optional[Callable[[int, int], None]]) -> None:
+        self.desc, self.show, self.callback, self.bar = desc, show, callback, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.show and self.bar is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        if self.callback is not None:
+            self.callback(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAULT_MODEL, factor: int = 16,
-                  method: str = "rls", *, steps: Optional[int] = None, lr: Optional[float] = None,
-                  samples: int = 1, seed: int = 0, device: str = "auto", realism: float = 1.0,
-                  weights: Optional[Dict[str, float]] = None, p_w: str = "flow", overlap: Optional[int] = None,
-                  batch_size: int = 32, mask: Optional[np.ndarray] = None, operator: str = "bicubic",
-                  refine_steps: int = 0, start_spread: Optional[float] = None, converge_l1: float = 0.03,
-                  progress: bool = False, callback: Optional[Callable[[int, int], None]] = None,
+                  method: str = DEFAULT_METHOD, *, steps: Optional[int] = None, learning_rate: Optional[float] = None,
+                  samples: int = 1, seed: int = 0, name: str = DEFAULT_FIELD_NAME, device: str = "auto",
+                  realism: float = 1.0, weights: Optional[Dict[str, float]] = None, p_w: str = "flow",
+                  overlap: Optional[int] = None, batch_size: int = 32, mask: Optional[np.ndarray] = None,
+                  operator: str = "bicubic", refine_steps: int = 0, start_spread: Optional[float] = None,
+                  converge_l1: float = 0.03, progress: bool = False,
+                  callback: Optional[Callable[[int, int], None]] = None,
                   accel: str = DEFAULT_ACCEL) -> SRResult:
     """Super-resolve one LR field.
 
@@ -98,7 +178,10 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
         units (raw / dtype max, as CellProfiler gives them).
     model: shipped model name, bundle path, or a LoadedModel.
     factor: upscaling factor; the LR tile is model resolution // factor pixels.
-    method: rls | pulse | brgm | plain | bicubic (| rls-no-pw | rls-no-pcross).
+    method: a name from the method table (rls_core.methods.METHOD_NAMES).
+    seed, name: every random draw of a tile comes from (seed, name, tile row and column,
+        sample): give each field its own stable name (e.g. its file name) and the result of a
+        field does not depend on batch size, tile order or which machine runs it.
     realism: the fidelity-vs-realism knob: multiplies every prior weight (0 = no prior,
         1 = the paper's defaults, >1 = more realistic, less faithful).
     weights: per-weight overrides, e.g. {"lambda_cross": 0.2}.
@@ -110,117 +193,54 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
         `model` is already a LoadedModel, which carries its own.
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     m = load_model(model, device, accel=accel)
-    tile = check_factor(m, factor)
-    lr_img = _as_channels(image, len(m.channel_names), m.channel_names)
-    h, w = lr_img.shape[1:]
-    if h < tile or w < tile:
-        raise InputError(f"the LR image ({h}x{w} px) is smaller than one LR tile ({tile}x{tile} px at {factor}x "
-                         f"for a {m.resolution}-px model); use a larger image or a smaller factor")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (h, w):
-            raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} px but the image is {h}x{w}; "
-                             "give a mask of the LR image's size")
-    unit = np.clip(m.to_unit(lr_img), 0.0, 1.0).astype(np.float32)
-    op = make_operator(operator, factor).to(m.device)
-    settings = dict(method=method, factor=factor, steps=steps, samples=samples, seed=seed, realism=realism,
-                    weights=weights or {}, p_w=p_w, operator=operator, refine_steps=refine_steps,
+    lr_img = _validate(m, image, factor, method, samples, batch_size, seed, mask)
+    spec = get_method(method)
+    samples = samples if spec.search is not None else 1
+    try:
+        recon = make_reconstructor(m, method, factor, operator, samples, **(
+            {} if spec.search is None else dict(realism=realism, weights=weights, p_w=p_w, steps=steps,
+                                                learning_rate=learning_rate, start_spread=start_spread,
+                                                refine_steps=refine_steps, converge_l1=converge_l1)))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    prep = _prepare(m, lr_img, factor, overlap, str(name), mask)
+    settings = dict(method=method, factor=factor, steps=recon.steps, samples=samples, seed=seed, name=str(name),
+                    realism=realism, weights=weights or {}, p_w=p_w, operator=operator, refine_steps=refine_steps,
                     batch_size=batch_size, device=str(m.device))
 
-    if method == "bicubic":
-        x = torch.from_numpy(unit)[None].to(m.device)
-        hr_unit = upsample_bicubic(x, factor)[0].cpu().numpy()
-        hr_mask = np.repeat(np.repeat(mask, factor, 0), factor, 1) if mask is not None else None
-        if hr_mask is not None:
-            hr_unit = hr_unit * hr_mask
-        lr_psnr = field_lr_psnr(op, hr_unit, unit, m.device)
-        return SRResult(m.from_unit(hr_unit).astype(np.float32), None, hr_mask, lr_psnr, 1.0, 0,
-                        time.perf_counter() - t0, method, factor, m.name, list(m.channel_names), settings)
-
-    overlap = default_overlap(tile) if overlap is None else int(overlap)
+    bar = _Progress(f"{method} x{factor} ({len(prep.index)} tiles)", progress, callback)
+    blender = Blender(prep.grid, len(m.channel_names), with_std=samples > 1)
+    n_conv = 0
     try:
-        grid = make_grid((h, w), tile, factor, overlap)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    padded = pad_field(unit, grid)
-    keep = None
-    if mask is not None:
-        keep = tiles_in_mask(grid, pad_field(mask[None].astype(np.uint8), grid)[0] > 0)
-    spread = (0.3 if samples > 1 else 0.0) if start_spread is None else float(start_spread)
-    try:
-        search = make_search(method, m, op, realism=realism, start_spread=spread, p_w=p_w, **(weights or {}))
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    n_steps = int(search.default_steps if steps is None else steps)
-
-    tiles_per_batch = max(1, batch_size // samples)
-    n_run = int(keep.sum()) if keep is not None else len(grid.positions)
-    total_work = n_run * samples * (n_steps + max(refine_steps, 0))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_work, desc=f"{method} x{factor} ({n_run} tiles)", unit="step", leave=False)
-    done = [0]
-
-    def tick(k: int) -> None:
-        done[0] += k
-        if bar is not None:
-            bar.update(k)
-        if callback is not None:
-            callback(done[0], total_work)
-
-    blender = Blender(grid, len(m.channel_names), with_std=samples > 1)
-    n_conv, n_total = 0, 0
-    for b, idx in enumerate(iter_batches(grid, tiles_per_batch, keep)):
-        y = torch.from_numpy(np.stack([padded[:, py:py + tile, px:px + tile] for py, px in
-                                       (grid.positions[i] for i in idx)]))
-        y = y.repeat_interleave(samples, dim=0)  # tile-major: (tile0 s0, tile0 s1, ...)
-        n_b = y.shape[0]
-        prev = [0]
-
-        def on_step(s: int, total: int, n_b: int = n_b) -> None:
-            tick(n_b * (s - prev[0]))
-            prev[0] = s
-
-        res = search.run(y, steps=n_steps, lr=lr, seed=seed + 7919 * b, converge_l1=converge_l1, callback=on_step)
-        images = res.images
-        if refine_steps > 0:
-            prev[0] = 0
-
-            def on_refine(s: int, total: int) -> None:  # s counts tile-steps
-                tick(s - prev[0])
-                prev[0] = s
-
-            images = refine(m, op, y.to(m.device), res.w_plus, res.noise, steps=refine_steps, callback=on_refine)
-        n_conv += int(res.converged.sum())
-        n_total += n_b
-        imgs = images.detach().cpu().numpy().reshape(len(idx), samples, *images.shape[1:])
-        for j, i in enumerate(idx):
-            blender.add(i, imgs[j].mean(0), imgs[j].std(0) if samples > 1 else None)
-    if bar is not None:
+        for i0, res in iter_reconstruct(recon, prep.tiles, prep.keys, seed, batch_size, bar):
+            n_conv += int(res.converged.sum())
+            for j in range(res.images.shape[0]):
+                blender.add(prep.index[i0 + j], res.images[j].mean(0),
+                            res.images[j].std(0) if samples > 1 else None)
+    finally:
         bar.close()
+    return _assemble(m, prep, blender, recon.operator, n_conv / max(len(prep.index) * samples, 1),
+                     time.perf_counter() - t0, method, factor, settings)
 
+
+def _assemble(m: LoadedModel, prep: _Prepared, blender: Blender, op, converged_fraction: float, seconds: float,
+              method: str, factor: int, settings: Dict[str, Any]) -> SRResult:
+    """Blended HR tiles -> the field in full-scale units, masked, with its LR consistency."""
     hr_unit, std_unit, covered = blender.result()
     hr_mask = None
-    if mask is not None:
-        hr_mask = np.repeat(np.repeat(mask, factor, 0), factor, 1) & covered
+    if prep.mask is not None:
+        hr_mask = np.repeat(np.repeat(prep.mask, factor, 0), factor, 1) & covered
         hr_unit = hr_unit * hr_mask
         if std_unit is not None:
             std_unit = std_unit * hr_mask
-    lr_psnr = field_lr_psnr(op, hr_unit, unit, m.device, mask)
+    lr_psnr = field_lr_psnr(op, hr_unit, prep.unit, m.device, prep.mask)
     scale = (m.high - m.low)[:, None, None]
     return SRResult(
         image=m.from_unit(hr_unit).astype(np.float32),
         std=(std_unit * scale).astype(np.float32) if std_unit is not None else None,
-        mask=hr_mask, lr_psnr=lr_psnr, converged_fraction=n_conv / max(n_total, 1),
-        n_tiles=n_run, seconds=time.perf_counter() - t0, method=method, factor=factor, model=m.name,
+        mask=hr_mask, lr_psnr=lr_psnr, converged_fraction=converged_fraction,
+        n_tiles=len(prep.index), seconds=seconds, method=method, factor=factor, model=m.name,
         channel_names=list(m.channel_names), settings=settings)
 
 

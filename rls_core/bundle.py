@@ -23,20 +23,20 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from .errors import RLSError
+
 FORMAT_NAME = "superresolve-rls-model"
 FORMAT_VERSION = 2
 PathLike = Union[str, Path]
 
 
-class BundleError(Exception):
+class BundleError(RLSError):
     """A model file that cannot be used; the message names the file, the problem and the fix."""
 
     def __init__(self, path: PathLike, problem: str, fix: str = "") -> None:
-        self.path, self.problem, self.fix = str(path), problem, fix
-        msg = f"{path}: {problem}"
-        if fix:
-            msg += f". {fix}"
-        super().__init__(msg)
+        self.path = str(path)
+        Exception.__init__(self, f"{path}: {problem}" + (f". {fix}" if fix else ""))
+        self.problem, self.fix = problem, fix
 
 
 @dataclass

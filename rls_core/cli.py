@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
+from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, RLSError
 
 EPILOG = """\
 examples:
@@ -41,12 +42,7 @@ outputs (in OUTDIR):
                       fraction, seconds, status (a failed field is reported and skipped)
 
 methods:
-  rls       the paper's regularized latent search (default): p_w + p_cross priors
-  plain     "w/o Regu.": the same search without priors (most faithful, least realistic)
-  pulse     PULSE baseline (sphere-constrained Gaussianised latent)
-  brgm      BRGM baseline (without its LPIPS term: no pretrained VGG available offline)
-  bicubic   no search, plain bicubic interpolation (the baseline to compare with)
-  rls-no-pw, rls-no-pcross   ablations of RLS
+{methods}
 
 fidelity vs realism:
   --realism scales every prior weight: 0 = no prior (like plain), 1 = the paper's
@@ -56,11 +52,24 @@ fidelity vs realism:
   conditions best (docs/results/README.md).
   Individual weights: --weight lambda_cross=0.2 (repeatable; see `rls info MODEL`).
 
-speed: on 2 CPU cores the shipped 128-px models need ~9 ms per tile per step in batches
-of 32 (26 ms one tile at a time). A 64x64-px LR field at 16x is 121 tiles (8-px tiles,
-2-px overlap): 500 steps take ~10 min; try a small crop and --steps 100 first.
-benchmarks/search_speed.py prints the figures for your machine.
+reproducibility:
+  Every random draw of a tile comes from (--seed, the field's name, the tile's row and
+  column, the sample), so a field's result does not depend on --batch-size or on which
+  other fields run with it (docs/reproducibility.md).
+
+speed: a search costs (tiles x samples x steps) generator passes; try a small crop and
+--steps 100 first. docs/performance.md has measured figures; benchmarks/search_speed.py
+prints them for your machine.
+
+exit codes: 0 every field done, 1 some fields failed (summary.csv says which),
+2 nothing could run (usage, model, device).
 """
+
+
+def _methods_help() -> str:
+    from .methods import METHODS
+
+    return "\n".join(f"  {m.name:<15}{m.description}" for m in METHODS.values())
 
 
 def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
@@ -78,20 +87,15 @@ def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
 
 def cmd_super_resolve(args: argparse.Namespace) -> int:
     from .api import super_resolve
-    from .bundle import BundleError
     from .io import group_fields, write_tiff
     from .model import load_model
 
-    try:
-        model = load_model(args.model, args.device, accel=args.accel)
-    except (BundleError, RuntimeError, ValueError) as e:
-        print(f"rls: error: {e}", file=sys.stderr)
-        return 2
+    model = load_model(args.model, args.device, accel=args.accel)
     try:
         fields = group_fields([Path(p) for p in args.inputs], model.channel_names)
     except (ValueError, FileNotFoundError) as e:
         print(f"rls: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_NOTHING_RAN
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     weights = _parse_weights(args.weight)
@@ -104,8 +108,8 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
         row = dict(field=fld.stem, inputs=";".join(str(s) for s in fld.sources), method=args.method,
                    factor=args.factor, samples=args.samples, model=model.name)
         try:
-            res = super_resolve(fld.image, model, args.factor, args.method, steps=args.steps, lr=args.lr,
-                                samples=args.samples, seed=args.seed, realism=args.realism, weights=weights,
+            res = super_resolve(fld.image, model, args.factor, args.method, steps=args.steps,
+                                learning_rate=args.lr, samples=args.samples, seed=args.seed, name=fld.stem, realism=args.realism, weights=weights,
                                 p_w=args.p_w, overlap=args.overlap, batch_size=args.batch_size,
                                 operator=args.operator, refine_steps=args.refine_steps, progress=not args.quiet)
             sr_path = write_tiff(out / f"{fld.stem}_sr.tif", res.image, res.channel_names)
@@ -129,19 +133,15 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
         w.writerows(rows)
     print(f"wrote {len(rows) - failed} result(s) and {out / 'summary.csv'}"
           + (f"; {failed} field(s) failed" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bundle import BundleError, bundle_summary, load_bundle
+    from .bundle import bundle_summary, load_bundle
     from .registry import resolve_model
 
-    try:
-        print(bundle_summary(load_bundle(resolve_model(args.model))))
-    except BundleError as e:
-        print(f"rls: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    print(bundle_summary(load_bundle(resolve_model(args.model))))
+    return EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -167,17 +167,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_fit_prior(args: argparse.Namespace) -> int:
     import torch
 
-    from .bundle import BundleError, load_bundle, save_bundle, set_prior
+    from .bundle import load_bundle, save_bundle, set_prior
     from .model import resolve_device
     from .priors import fit_prior
     from .registry import resolve_model
 
-    try:
-        path = resolve_model(args.model)
-        bundle = load_bundle(path)
-    except BundleError as e:
-        print(f"rls: error: {e}", file=sys.stderr)
-        return 2
+    path = resolve_model(args.model)
+    bundle = load_bundle(path)
     dev = resolve_device(args.device)
     G = bundle.build_generator(dev)
     t0 = time.perf_counter()
@@ -198,21 +194,21 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
 
 
 def _add_super_resolve(sub) -> None:
+    from .methods import DEFAULT_METHOD, METHOD_NAMES, METHODS, P_W_CHOICES
     from .registry import DEFAULT_MODEL
 
     p = sub.add_parser("super-resolve", help="super-resolve LR fields (TIFF/PNG) with a generator prior",
                        description="Super-resolve low-resolution fields by searching a StyleGAN2 prior's "
                                    "latent space for HR images that downscale to the input.",
-                       epilog=SR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=SR_EPILOG.format(methods=_methods_help()), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="LR images (see 'inputs' below)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for results and summary.csv")
     p.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or .h5 bundle path (default: %(default)s)")
     p.add_argument("--factor", type=int, default=16, help="upscaling factor, e.g. 16 or 32 (default: %(default)s)")
-    p.add_argument("--method", default="rls", choices=["rls", "pulse", "brgm", "plain", "bicubic",
-                                                       "rls-no-pw", "rls-no-pcross"],
-                   help="search method (default: %(default)s)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_NAMES,
+                   help="search method, see 'methods' below (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="search steps per tile (default: the method's: "
-                   "rls/brgm/plain 500, pulse 100)")
+                   + ", ".join(f"{m.name} {m.steps}" for m in METHODS.values() if m.search) + ")")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's)")
     p.add_argument("--samples", type=int, default=1, metavar="K",
                    help="K > 1: K searches per tile from random starts -> mean image + std map (default: 1)")
@@ -227,7 +223,7 @@ def _add_super_resolve(sub) -> None:
                    help="fidelity-vs-realism knob: scales all prior weights (default: 1 = paper)")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE",
                    help="override one loss weight, e.g. lambda_cross=0.2 (repeatable)")
-    p.add_argument("--p-w", default="flow", choices=["flow", "gaussian"],
+    p.add_argument("--p-w", default="flow", choices=P_W_CHOICES,
                    help="RLS latent prior: the MAF flow (paper) or the cheaper full-covariance Gaussian")
     p.add_argument("--overlap", type=int, default=None,
                    help="tile overlap in LR pixels (default: a quarter of the LR tile)")
@@ -299,8 +295,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0
-    return int(args.func(args) or 0)
+        return EXIT_OK
+    try:
+        return int(args.func(args) or 0)
+    except RLSError as e:  # a foreseeable problem: its message says what to do, no traceback
+        print(f"rls {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_NOTHING_RAN
+    except KeyboardInterrupt:
+        print(f"rls {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -304,8 +304,10 @@ class SynthesisNetwork(nn.Module):
             # The image path (ToRGB outputs summed over resolutions) always runs in float32:
             # it is cheap (a few channels), and under bf16 autocast the output image would
             # otherwise be rounded to 8 significant bits at every resolution.
+            # (float64 stays float64: tests check batch independence at that precision.)
             with torch.autocast(x.device.type, enabled=False):
-                y = blk.torgb(x.float(), ws[:, w_idx].float())
+                dt = torch.float64 if ws.dtype == torch.float64 else torch.float32
+                y = blk.torgb(x.to(dt), ws[:, w_idx].to(dt))
                 img = y if img is None else upsample2d(img, self.resample_filter) + y
         return img.contiguous()
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .accel import DEFAULT_ACCEL, autocast, compiled, resolve_accel
 from .bundle import BundleError, ModelBundle, load_bundle
+from .errors import DeviceError
 from .registry import resolve_model
 
 
@@ -27,10 +28,10 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but PyTorch sees no GPU; use device 'auto' or 'cpu' "
-                           "(or install a CUDA build of torch)")
+        raise DeviceError("device 'cuda' was requested but PyTorch sees no GPU",
+                          "use device 'auto' or 'cpu' (or install a CUDA build of torch)")
     if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+        raise DeviceError(f"unknown device {device!r}", "choose auto, cpu or cuda")
     return torch.device(device)
 
 
@@ -110,14 +111,19 @@ class LoadedModel:
             img = self._synthesis(w_plus, noise=noise)
         return (img.float() + 1.0) * 0.5
 
-    def sample_w(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        z = torch.randn(n, self.cfg.z_dim, generator=gen).to(self.device)
+    def sample_w(self, gens: Sequence[torch.Generator]) -> torch.Tensor:
+        """One mapped w per generator: z drawn on CPU from each tile's own stream, and mapped
+        one at a time, so a start code is the same bytes whatever batch its tile is in (a
+        batched matrix product rounds differently at other batch sizes); it runs once per search."""
         with torch.no_grad():
-            return self.G.mapping(z)
+            return torch.cat([self.G.mapping(torch.randn(1, self.cfg.z_dim, generator=g).to(self.device))
+                              for g in gens])
 
-    def random_noise(self, n: int, gen: torch.Generator) -> List[torch.Tensor]:
-        """Fixed random noise maps, one set per tile (drawn on CPU for run-to-run identity)."""
-        return [torch.randn(n, 1, h, w, generator=gen).to(self.device) for h, w in self.G.synthesis.noise_shapes()]
+    def random_noise(self, gens: Sequence[torch.Generator]) -> List[torch.Tensor]:
+        """Fixed random noise maps, one set per generator (drawn on CPU, so the draws are the same
+        on every device); layer by layer, so each stream gives its layers in order."""
+        return [torch.cat([torch.randn(1, 1, h, w, generator=g) for g in gens]).to(self.device)
+                for h, w in self.G.synthesis.noise_shapes()]
 
 
 _CACHE: Dict[Tuple[str, float, str, str], LoadedModel] = {}

@@ -60,9 +60,8 @@ def generated_field(tiny_model):
     from rls_core.operators import make_operator
 
     m = tiny_model
-    gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        w = m.sample_w(4, gen)
+        w = m.G.mapping(torch.randn(4, m.cfg.z_dim, generator=torch.Generator().manual_seed(5)))
         x = m.render(w[:, None].repeat(1, m.num_ws, 1)).clamp(0, 1)
     R = m.resolution
     hr = torch.zeros(len(m.channel_names), 2 * R, 2 * R)

@@ -87,13 +87,6 @@ def test_image_scores():
 
 # ----------------------------------------------------------------------------- small pieces
 
-def test_method_choices_match_the_library():
-    from rls_core.evaluate.defaults import METHOD_CHOICES
-    from rls_core.search import METHODS
-
-    assert tuple(METHOD_CHOICES) == tuple(METHODS)
-
-
 def test_pipeline_object_sizes_scale_for_small_crops():
     text = ("    Typical diameter of objects, in pixel units (Min,Max):15,50\n    Feature size:12\n"
             "    Size of smoothing filter:10\n    Threshold correction factor:1.0\n")

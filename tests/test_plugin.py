@@ -150,14 +150,6 @@ def test_revision_1_settings_upgrade_to_float32_acceleration(cp, sr_module):
     assert sr_module.upgrade_settings(list(current), 2, "SuperResolveRLS") == (current, 2)
 
 
-def test_prior_defaults_match_rls_core(cp):
-    from rls_core.search import RLS
-
-    mod = __import__("superresolverls")
-    for k, v in mod.RLS_PRIOR_DEFAULTS.items():
-        assert RLS.defaults[k] == v
-
-
 def test_visible_settings_follow_choices(cp, sr_module):
     m = sr_module
     vis = m.visible_settings()

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import RLSError
 from .defaults import DEFAULT_CONDITION_REGEX, DEFAULT_SEED
 
 #: crop size the simulator's cell sizes (nuclei 20-35 px) and the shared pipelines are tuned for
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLY_HELDOUT = ROOT / "data" / "fly" / "heldout"
 
 
-class DataSetupError(ValueError):
+class DataSetupError(RLSError, ValueError):
     """The held-out data cannot be made; the message names the fix."""
 
 

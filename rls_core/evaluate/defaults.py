@@ -6,8 +6,6 @@ from __future__ import annotations
 DEFAULT_SEED = 9000
 #: condition from a field name like translocation_DMSO_B02_s1 (the simulator's and pipelines' convention)
 DEFAULT_CONDITION_REGEX = r"^[A-Za-z0-9]+_(?P<Condition>[A-Za-z0-9]+)_"
-#: every method `super_resolve` knows (rls_core.search.METHODS; a test keeps them equal)
-METHOD_CHOICES = ("rls", "pulse", "brgm", "plain", "bicubic", "rls-no-pw", "rls-no-pcross")
 #: the robustness grid of Fig. 6 (the paper: noise sigma ~0.1, salt-and-pepper ~0.05, blur)
 ROBUSTNESS = ("noise:0.05", "noise:0.1", "saltpepper:0.02", "saltpepper:0.05", "blur:0.5", "blur:1.0")
 #: Fig. 7: w/o Regu., w/o p_w, w/o p_cross, full RLS

@@ -92,7 +92,7 @@ def unique_variants(sections: Dict[str, List[Variant]]) -> List[Variant]:
 
 def tile_steps(cfg: EvalConfig, sections: Dict[str, List[Variant]], n_crops: int) -> Tuple[int, int]:
     """(search tile-steps, CellProfiler image sets) the plan costs; for the time estimate."""
-    from ..search import SEARCHES, ABLATIONS
+    from ..methods import METHODS
 
     total = 0
     sets = 1
@@ -102,8 +102,7 @@ def tile_steps(cfg: EvalConfig, sections: Dict[str, List[Variant]], n_crops: int
             sets += 1
         if v.method == "bicubic":
             continue
-        base = ABLATIONS[v.method][0] if v.method in ABLATIONS else v.method
-        steps = cfg.steps if cfg.steps is not None else SEARCHES[base].default_steps
+        steps = cfg.steps if cfg.steps is not None else METHODS[v.method].steps
         total += n * max(1, v.samples) * steps
     return total, sets * n_crops
 
@@ -195,8 +194,9 @@ def run(cfg: EvalConfig, log=print) -> Results:
         if key not in lr_cache:
             lr_cache[key] = make_lr(model, test.hr, v.factor, v.degradation, seed=cfg.seed, operator=cfg.operator)
         lr = lr_cache[key][sample_idx] if v.samples > 1 else lr_cache[key]
+        names = [test.origins[j] for j in sample_idx] if v.samples > 1 else test.origins
         r = run_variant(model, lr, v, cfg.steps, cfg.search_seed, cfg.batch_size, cfg.operator,
-                        out / "cache", progress=cfg.progress)
+                        out / "cache", progress=cfg.progress, names=names)
         variants[v.key] = r
         log(f"[evaluate] ({i}/{len(todo)}) {v.key}: {r.seconds:.1f} s "
             f"({r.seconds_per_tile:.2f} s/tile{', cached' if r.cached else ''})")

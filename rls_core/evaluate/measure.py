@@ -29,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import RLSError
+
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
 SITE_STRIDE = 100_000
@@ -56,7 +58,7 @@ READOUTS: Dict[str, Readout] = {
 }
 
 
-class MeasureError(RuntimeError):
+class MeasureError(RLSError, RuntimeError):
     """CellProfiler could not measure; the message says where to look."""
 
 

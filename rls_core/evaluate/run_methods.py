@@ -1,11 +1,12 @@
-"""Run each method on every LR crop: one crop is one search tile, so crops go in batches.
+"""Run each method on every LR crop: one crop is one tile, so crops go in batches.
 
-`super_resolve` on a tile-sized image runs exactly one search tile, so batching the crops
-through `make_search(...).run(y)` gives the same search (same operator, priors, schedule,
-best-iterate rule) at a fraction of the cost: one generator pass for `batch_size` crops
-instead of one each. Results are cached per variant (`<report>/cache/<key>.npz`) keyed by
-everything that changes them, so an interrupted multi-hour evaluation resumes where it
-stopped and a re-run that only changes the report is instant.
+Crops run through the users' tile driver (rls_core.reconstruct, the one `super_resolve`
+uses), keyed by each crop's origin: a crop's result is exactly what `super_resolve(crop,
+name=origin)` gives (tests/test_reconstruct.py), at a fraction of the cost, since
+`batch_size` crops share each generator pass. Results are cached per variant
+(`<report>/cache/<key>.npz`) keyed by everything that changes them, so an interrupted
+multi-hour evaluation resumes where it stopped and a re-run that only changes the report is
+instant.
 """
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
-import torch
 
-from ..operators import make_operator, upsample_bicubic
-from ..search import METHODS, make_search, psnr
+from ..methods import METHODS, get_method
+from ..reconstruct import make_reconstructor, reconstruct_tiles
+from ..seeding import TileKey
 
-LABELS = {"bicubic": "Bicubic", "plain": "w/o Regu.", "pulse": "PULSE", "brgm": "BRGM", "rls": "RLS",
-          "rls-no-pw": "RLS w/o p_w", "rls-no-pcross": "RLS w/o p_cross"}
+
+#: bump when the driver changes what a cached result holds (2: per-tile random streams)
+DRIVER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,7 @@ class Variant:
     samples: int = 1
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        get_method(self.method)  # an unknown name raises, listing the choices
 
     @property
     def key(self) -> str:
@@ -53,7 +54,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        s = LABELS.get(self.method, self.method)
+        s = METHODS[self.method].label
         if self.realism != 1.0 and self.method != "bicubic":
             s += f" (realism {self.realism:g})"
         if self.degradation != "none":
@@ -80,11 +81,13 @@ class VariantResult:
         return self.seconds / max(1, self.sr.shape[0] * (self.variant.samples or 1))
 
 
-def _meta(variant: Variant, lr: np.ndarray, steps: Optional[int], seed: int, batch_size: int, operator: str,
+def _meta(variant: Variant, lr: np.ndarray, names: Sequence[str], steps: Optional[int], seed: int, operator: str,
           model_id: str, device: str) -> Dict[str, Any]:
+    # The batch size is not part of the key: per-tile random streams make results independent of it.
     return {"variant": asdict(variant), "lr_sha1": hashlib.sha1(np.ascontiguousarray(lr).tobytes()).hexdigest(),
-            "steps": steps, "seed": seed, "batch_size": batch_size, "operator": operator, "model": model_id,
-            "device": device}
+            "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
+            "steps": steps, "seed": seed, "operator": operator, "model": model_id, "device": device,
+            "driver": DRIVER_VERSION}
 
 
 def model_id(model) -> str:
@@ -98,11 +101,16 @@ def model_id(model) -> str:
 
 def run_variant(model, lr: np.ndarray, variant: Variant, steps: Optional[int] = None, seed: int = 0,
                 batch_size: int = 32, operator: str = "bicubic", cache_dir: Optional[Path] = None,
-                progress: bool = True) -> VariantResult:
-    """Super-resolve every LR crop (N, C, r, r) (model units) with one variant."""
+                progress: bool = True, names: Optional[Sequence[str]] = None) -> VariantResult:
+    """Super-resolve every LR crop (N, C, r, r) (model units) with one variant. `names` (one per
+    crop, e.g. EvalCrops.origins) key each crop's random stream; default crop0, crop1, ..."""
     from tqdm.auto import tqdm
 
-    meta = _meta(variant, lr, steps, seed, batch_size, operator, model_id(model), str(model.device))
+    n, k = lr.shape[0], max(1, variant.samples)
+    names = [f"crop{i}" for i in range(n)] if names is None else [str(x) for x in names]
+    if len(names) != n:
+        raise ValueError(f"need one name per crop: {n} crops, {len(names)} names")
+    meta = _meta(variant, lr, names, steps, seed, operator, model_id(model), str(model.device))
     cache = Path(cache_dir) / f"{variant.key}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         try:
@@ -113,42 +121,22 @@ def run_variant(model, lr: np.ndarray, variant: Variant, steps: Optional[int] = 
                                      float(z["seconds"]), int(z["steps"]), cached=True)
         except (OSError, KeyError, ValueError):
             pass  # unreadable or stale: recompute
-    op = make_operator(operator, variant.factor).to(model.device)
-    y_all = torch.from_numpy(np.ascontiguousarray(lr, np.float32))
-    n, K = y_all.shape[0], max(1, variant.samples)
+    spec = get_method(variant.method)
+    options = {} if spec.search is None else dict(realism=variant.realism, steps=steps)
+    recon = make_reconstructor(model, variant.method, variant.factor, operator, k, **options)
+    k = recon.samples
+    bar = tqdm(total=n * k * recon.work_per_tile, desc=f"{variant.key} ({n} crops)", unit="tile-step",
+               disable=not progress, leave=False)
     t0 = time.perf_counter()
-    if variant.method == "bicubic":
-        with torch.no_grad():
-            sr = upsample_bicubic(y_all.to(model.device), variant.factor)
-            lr_psnr = psnr(op(sr), y_all.to(model.device)).cpu().numpy()
-        res = VariantResult(variant, sr.cpu().numpy().astype(np.float32), None, None, lr_psnr,
-                            np.ones(n, bool), time.perf_counter() - t0, 0)
-    else:
-        spread = 0.3 if K > 1 else 0.0
-        search = make_search(variant.method, model, op, realism=variant.realism, start_spread=spread)
-        n_steps = int(search.default_steps if steps is None else steps)
-        per_batch = max(1, batch_size // K)
-        outs, psnrs, conv = [], [], []
-        bar = tqdm(total=n * K * n_steps, desc=f"{variant.key} ({n} crops)", unit="tile-step",
-                   disable=not progress, leave=False)
-        for b, i0 in enumerate(range(0, n, per_batch)):
-            y = y_all[i0:i0 + per_batch].repeat_interleave(K, dim=0)
-            prev = [0]
-
-            def tick(s: int, total: int, nb: int = y.shape[0]) -> None:
-                bar.update(nb * (s - prev[0]))
-                prev[0] = s
-
-            r = search.run(y, steps=n_steps, seed=seed + 7919 * b, callback=tick)
-            outs.append(r.images.detach().cpu().numpy())
-            psnrs.append(r.lr_psnr.detach().cpu().numpy())
-            conv.append(r.converged.detach().cpu().numpy())
+    try:
+        out = reconstruct_tiles(recon, np.ascontiguousarray(lr, np.float32), [TileKey(x) for x in names], seed,
+                                batch_size, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
         bar.close()
-        allx = np.concatenate(outs).reshape(n, K, *outs[0].shape[1:]).astype(np.float32)
-        lp = np.concatenate(psnrs).reshape(n, K).mean(1)
-        cv = np.concatenate(conv).reshape(n, K).all(1)
-        res = VariantResult(variant, allx.mean(1), allx.std(1) if K > 1 else None, allx if K > 1 else None,
-                            lp, cv, time.perf_counter() - t0, n_steps)
+    res = VariantResult(variant, out.images.mean(1).astype(np.float32),
+                        out.images.std(1).astype(np.float32) if k > 1 else None,
+                        out.images.astype(np.float32) if k > 1 else None,
+                        out.lr_psnr.mean(1), out.converged.all(1), time.perf_counter() - t0, out.steps)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         empty = np.zeros(0, np.float32)

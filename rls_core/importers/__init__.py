@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..errors import RLSError
+
 PathLike = Union[str, Path]
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -31,7 +33,7 @@ FORMAT_ROSINALITY = "rosinality/stylegan2-pytorch"
 FORMAT_NVLABS = "NVlabs/stylegan2-ada-pytorch"
 
 
-class ImportErrorRLS(ValueError):
+class ImportErrorRLS(RLSError, ValueError):
     """A checkpoint we cannot (or will not) import; the message says which file and why."""
 
 

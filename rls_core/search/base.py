@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..methods import Method
 from ..model import LoadedModel
 from ..operators import Operator
 
@@ -67,46 +68,34 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class LatentSearch:
-    """Base class of the searches. Subclasses set `name`, defaults and the hooks below."""
+    """Base class of the searches. A subclass implements the hooks below; its weights, steps,
+    learning rate and schedule come from its row of the method table (rls_core.methods)."""
 
-    name = "base"
-    description = ""
-    default_steps = 500
-    default_lr = 0.5
-    schedule = "onecycle"
-    #: loss weights with their defaults; every one is a user parameter
-    defaults: Dict[str, float] = {}
-    #: the weights that the fidelity-vs-realism knob scales
-    prior_weights: tuple = ()
-    needs_prior = False
-
-    def __init__(self, model: LoadedModel, operator: Operator, realism: float = 1.0,
-                 start_spread: float = 0.0, **weights: float) -> None:
-        unknown = set(weights) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"method {self.name!r} has no weight(s) {sorted(unknown)}; "
-                             f"its weights are {sorted(self.defaults)}")
-        if realism < 0:
-            raise ValueError(f"realism must be >= 0 (0 = no prior, 1 = paper defaults), got {realism}")
-        self.model, self.operator = model, operator
-        self.w = dict(self.defaults)
-        self.w.update({k: float(v) for k, v in weights.items()})
-        for k in self.prior_weights:
-            self.w[k] *= realism
+    def __init__(self, model: LoadedModel, operator: Operator, method: Method, realism: float = 1.0,
+                 start_spread: float = 0.0, **overrides: float) -> None:
+        self.method, self.model, self.operator = method, model, operator
+        #: the loss weights after overrides and the realism knob (named so: `w` is a latent here)
+        self.weights = method.weights_at(realism, overrides)
         self.start_spread = float(start_spread)
-        if self.needs_prior and any(self.w[k] > 0 for k in self.prior_weights):
-            model.require_prior(self.name)
+        if method.needs_prior(self.weights):
+            model.require_prior(method.name)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
     # ----- hooks -----
-    def starts(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Initial w per tile: the mean w, or `w_mean + spread * (map(z) - w_mean)` for diversity."""
+    def starts(self, gens: Sequence[torch.Generator]) -> torch.Tensor:
+        """Initial w per tile: the mean w, or `w_mean + spread * (map(z) - w_mean)` with z from
+        each tile's own stream."""
         w_mean = self.model.w_mean.detach()
-        start = w_mean.expand(n, -1).clone()
+        start = w_mean.expand(len(gens), -1).clone()
         if self.start_spread > 0:
-            start = start + self.start_spread * (self.model.sample_w(n, gen) - w_mean)
+            start = start + self.start_spread * (self.model.sample_w(gens) - w_mean)
         return start
 
-    def init_params(self, n: int, gen: torch.Generator) -> Params:
+    def init_params(self, gens: Sequence[torch.Generator]) -> Params:
+        """The search variables of one batch; tile i draws only from `gens[i]`."""
         raise NotImplementedError
 
     def w_plus(self, p: Params) -> torch.Tensor:
@@ -125,20 +114,26 @@ class LatentSearch:
         """Constraint after each optimiser step (e.g. PULSE's spheres)."""
 
     # ----- the loop -----
-    def run(self, y: torch.Tensor, steps: Optional[int] = None, lr: Optional[float] = None, seed: int = 0,
-            converge_l1: float = 0.03, callback: Optional[Callable[[int, int], None]] = None) -> SearchResult:
-        """Search for every LR tile in `y` (B, C, h, w), values in the generator's [0, 1] range."""
+    def run(self, y: torch.Tensor, seeds: Sequence[int], steps: Optional[int] = None,
+            learning_rate: Optional[float] = None, converge_l1: float = 0.03,
+            callback: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+        """Search for every LR tile in `y` (B, C, h, w), values in the generator's [0, 1] range.
+
+        `seeds` holds one seed per tile (rls_core.seeding.tile_seeds): every random draw of
+        tile i comes from `seeds[i]` alone, so a tile's search does not depend on the batch."""
         model = self.model
-        steps = int(self.default_steps if steps is None else steps)
-        lr = float(self.default_lr if lr is None else lr)
+        steps = int(self.method.steps if steps is None else steps)
+        learning_rate = float(self.method.lr if learning_rate is None else learning_rate)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if len(seeds) != y.shape[0]:
+            raise ValueError(f"need one seed per tile: {y.shape[0]} tiles, {len(seeds)} seeds")
         y = y.to(model.device, torch.float32)
         n = y.shape[0]
-        gen = torch.Generator().manual_seed(int(seed))
-        p = self.init_params(n, gen)
-        opt = torch.optim.Adam(self.param_groups(p, lr))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.schedule, steps))
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        p = self.init_params(gens)
+        opt = torch.optim.Adam(self.param_groups(p, learning_rate))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.method.schedule, steps))
 
         best_loss = torch.full((n,), float("inf"), device=model.device)
         best_w = best_img = best_l1 = None
@@ -180,10 +175,10 @@ class WPlusSearch(LatentSearch):
     """Searches over W+ directly (RLS, plain, BRGM): every layer's w starts at the tile's
     start code; noise maps are fixed random per tile."""
 
-    def init_params(self, n: int, gen: torch.Generator) -> Params:
-        start = self.starts(n, gen)
+    def init_params(self, gens: Sequence[torch.Generator]) -> Params:
+        start = self.starts(gens)
         w_plus = start[:, None, :].repeat(1, self.model.num_ws, 1).requires_grad_(True)
-        return {"w_plus": w_plus, "_noise": self.model.random_noise(n, gen)}  # type: ignore[dict-item]
+        return {"w_plus": w_plus, "_noise": self.model.random_noise(gens)}  # type: ignore[dict-item]
 
     def w_plus(self, p: Params) -> torch.Tensor:
         return p["w_plus"]

@@ -17,29 +17,21 @@ from .base import Params, WPlusSearch, mse_per_tile
 
 
 class BRGM(WPlusSearch):
-    name = "brgm"
-    description = "BRGM: Gaussian prior around w_avg + cosine cross-layer prior (no LPIPS term offline)"
-    default_steps = 500
-    default_lr = 0.1
-    schedule = "rampdown"
-    defaults = {"lambda_pix": 65.025, "lambda_w": 100.0, "lambda_c": 0.1}
-    prior_weights = ("lambda_w", "lambda_c")
-    needs_prior = True
-
-    def __init__(self, model, operator, realism: float = 1.0, start_spread: float = 0.0, **weights) -> None:
-        if "lambda_c" not in weights and operator.factor > 16:
-            weights = dict(weights, lambda_c=1.0)  # BRGM's setting above 16x
-        super().__init__(model, operator, realism, start_spread, **weights)
+    def __init__(self, model, operator, method, realism: float = 1.0, start_spread: float = 0.0,
+                 **overrides) -> None:
+        if "lambda_c" not in overrides and operator.factor > 16:
+            overrides = dict(overrides, lambda_c=1.0)  # BRGM's setting above 16x
+        super().__init__(model, operator, method, realism, start_spread, **overrides)
         if model.bundle.latent is not None:
             self._sigma = float(model.stat("w_std").square().sum().sqrt())
         else:
             self._sigma = 1.0
 
     def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
-        terms = {"fidelity": self.w["lambda_pix"] * mse_per_tile(x_lr, y)}
-        if self.w["lambda_w"] > 0:
+        terms = {"fidelity": self.weights["lambda_pix"] * mse_per_tile(x_lr, y)}
+        if self.weights["lambda_w"] > 0:
             d = (w_plus - self.model.w_mean) / self._sigma
-            terms["p_w"] = self.w["lambda_w"] * d.square().flatten(1).mean(1)
-        if self.w["lambda_c"] > 0:
-            terms["p_cross"] = self.w["lambda_c"] * cross_cosine(w_plus)
+            terms["p_w"] = self.weights["lambda_w"] * d.square().flatten(1).mean(1)
+        if self.weights["lambda_c"] > 0:
+            terms["p_cross"] = self.weights["lambda_c"] * cross_cosine(w_plus)
         return terms

@@ -7,7 +7,7 @@ lambda_l2 * MSE(D(G(w)), y) + lambda_geocross * GEOCROSS(w) (scaled by D / 8 as 
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -20,26 +20,17 @@ def _radius(t: torch.Tensor) -> torch.Tensor:
 
 
 class Pulse(LatentSearch):
-    name = "pulse"
-    description = "PULSE: sphere-constrained search in a Gaussianised latent space + GEOCROSS"
-    default_steps = 100
-    default_lr = 0.4
-    schedule = "onecycle"
-    defaults = {"lambda_l2": 100.0, "lambda_geocross": 0.05, "trainable_noise": 5.0}
-    prior_weights = ("lambda_geocross",)
-    needs_prior = True
-
-    def __init__(self, model, operator, realism: float = 1.0, start_spread: float = 0.0, **weights) -> None:
-        super().__init__(model, operator, realism, start_spread, **weights)
-        model.require_prior(self.name)  # PULSE always needs its Gaussian fit, even at realism 0
+    def __init__(self, model, operator, method, realism: float = 1.0, start_spread: float = 0.0,
+                 **overrides) -> None:
+        super().__init__(model, operator, method, realism, start_spread, **overrides)
         self._mean = model.stat("pulse_mean")
         self._std = model.stat("pulse_std")
 
-    def init_params(self, n: int, gen: torch.Generator) -> Params:
+    def init_params(self, gens: Sequence[torch.Generator]) -> Params:
         m = self.model
-        x = torch.randn(n, m.num_ws, m.w_dim, generator=gen).to(m.device)
-        noise = m.random_noise(n, gen)
-        k = int(self.w["trainable_noise"])
+        x = torch.cat([torch.randn(1, m.num_ws, m.w_dim, generator=g) for g in gens]).to(m.device)
+        noise = m.random_noise(gens)
+        k = int(self.weights["trainable_noise"])
         p: Params = {"x": x.requires_grad_(True)}
         for i, t in enumerate(noise[:k]):
             p[f"noise{i}"] = t.requires_grad_(True)
@@ -60,7 +51,7 @@ class Pulse(LatentSearch):
             t.mul_(r / _radius(t))
 
     def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
-        terms = {"fidelity": self.w["lambda_l2"] * mse_per_tile(x_lr, y).clamp_min(1e-9)}
-        if self.w["lambda_geocross"] > 0:
-            terms["p_cross"] = self.w["lambda_geocross"] * cross_geodesic(w_plus) * (self.model.w_dim / 8.0)
+        terms = {"fidelity": self.weights["lambda_l2"] * mse_per_tile(x_lr, y).clamp_min(1e-9)}
+        if self.weights["lambda_geocross"] > 0:
+            terms["p_cross"] = self.weights["lambda_geocross"] * cross_geodesic(w_plus) * (self.model.w_dim / 8.0)
         return terms

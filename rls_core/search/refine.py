@@ -49,8 +49,9 @@ def refine(model: LoadedModel, operator: Operator, y: torch.Tensor, w_plus: torc
     if radius is None:
         radius = 0.05 * float(model.stat("w_std").sum()) if model.bundle.latent is not None else 0.05 * model.w_dim
     out = []
-    gen = torch.Generator().manual_seed(0)
-    base_noise = noise if noise is not None else model.random_noise(y.shape[0], gen)
+    if noise is None:  # the same fixed maps for every tile, whatever the batch
+        noise = model.random_noise([torch.Generator().manual_seed(0) for _ in range(y.shape[0])])
+    base_noise = noise
     for b in range(y.shape[0]):
         synth = copy.deepcopy(model.G.synthesis).requires_grad_(True).train(False)
         w0 = w_plus[b:b + 1].detach()

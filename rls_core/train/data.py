@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import RLSError
+
 IMAGE_EXTS = (".tif", ".tiff", ".png")
 # Segmentation outputs that live next to the images but are not images of the assay.
 SKIP_SUFFIXES = ("_labels", "_nuclei", "_cells")
@@ -29,7 +31,7 @@ MAX_PERCENTILE_PIXELS = 20_000_000
 PathLike = Union[str, Path]
 
 
-class DataError(ValueError):
+class DataError(RLSError, ValueError):
     """The training folder cannot be used; the message says what is wrong and how to fix it."""
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..accel import autocast, resolve_accel
+from ..errors import RLSError
 from ..generator import Generator, GeneratorConfig
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
@@ -100,7 +101,7 @@ RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_
                "flow_epochs", "device", "accel", "threads", "progress", "data_seed", "command"}
 
 
-class TrainError(RuntimeError):
+class TrainError(RLSError, RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 
 
