@@ -10,10 +10,11 @@ import csv
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
 from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, RLSError
+from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
 
 EPILOG = """\
 examples:
@@ -167,9 +168,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_fit_prior(args: argparse.Namespace) -> int:
     import torch
 
-    from .bundle import load_bundle, save_bundle, set_prior
+    from .bundle import load_bundle, save_bundle
     from .model import resolve_device
-    from .priors import fit_prior
+    from .priors import fit_bundle_prior
     from .registry import resolve_model
 
     path = resolve_model(args.model)
@@ -180,17 +181,36 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
     if not bool(G.mapping.w_avg.abs().sum() > 0):  # keep an imported model's own w_avg
         with torch.no_grad():
             G.estimate_w_avg(n=min(args.samples, 100_000), seed=args.seed)
-    stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=args.samples, flow_blocks=args.flow_blocks,
-                            flow_hidden=args.flow_hidden, flow_epochs=args.flow_epochs, seed=args.seed,
-                            device=dev, progress=True)
     bundle.generator_state["mapping.w_avg"] = G.mapping.w_avg.detach().cpu().numpy()
-    set_prior(bundle, stats, flow)
-    bundle.provenance["prior"] = dict(samples=args.samples, flow_blocks=args.flow_blocks,
-                                      flow_hidden=args.flow_hidden, flow_epochs=args.flow_epochs,
-                                      seed=args.seed, seconds=round(time.perf_counter() - t0, 1))
+    fit_bundle_prior(bundle, G, n_samples=args.samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
+                     flow_epochs=args.flow_epochs, seed=args.seed, device=dev)
     dest = save_bundle(bundle, args.output or path)
     print(f"wrote latent prior into {dest} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def cmd_cellprofiler_files(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .resources import shared_dir
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, pattern in (("plugins", "superresolverls.py"), ("pipelines", "*.cppipe")):
+        dest = out / kind
+        dest.mkdir(exist_ok=True)
+        for src in sorted(shared_dir(kind).glob(pattern)):
+            target = dest / src.name
+            if target.exists() and not args.force:
+                raise RLSError(f"{target} exists", "pass --force to overwrite it, or choose another folder")
+            shutil.copyfile(src, target)
+            written.append(target)
+    print("\n".join(str(p) for p in written))
+    print(f"in CellProfiler: File > Preferences > CellProfiler plugins directory = {(out / 'plugins').resolve()}; "
+          f"headless: cellprofiler -c -r -p {out / 'pipelines' / 'translocation.cppipe'} "
+          f"--plugins-directory {out / 'plugins'} -i IN -o OUT", file=sys.stderr)
+    return EXIT_OK
 
 
 def _add_super_resolve(sub) -> None:
@@ -265,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a model bundle's config, channels and provenance")
     p.add_argument("model", help="shipped model name or .h5 path")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("cellprofiler-files", help="copy the CellProfiler module and the shared pipelines to a folder",
+                       description="Copy the SuperResolveRLS module (plugins/superresolverls.py) and the shared "
+                                   "pipelines (pipelines/*.cppipe) out of the installed package, e.g. to point "
+                                   "CellProfiler's plugins directory at them.")
+    p.add_argument("output", metavar="OUTDIR", help="folder to write plugins/ and pipelines/ into")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(func=cmd_cellprofiler_files)
     p = sub.add_parser("models", help="list the models shipped with the package")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("fit-prior", help="fit the latent statistics and the flow prior into a bundle",
@@ -275,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "CPU.")
     p.add_argument("model", help="shipped model name or .h5 path (updated in place unless -o)")
     p.add_argument("-o", "--output", default=None, help="write to this path instead")
-    p.add_argument("--samples", type=int, default=100_000, help="mapped samples (default: %(default)s)")
-    p.add_argument("--flow-blocks", type=int, default=5, help="MAF blocks (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=PRIOR_SAMPLES, help="mapped samples (default: %(default)s)")
+    p.add_argument("--flow-blocks", type=int, default=FLOW_BLOCKS, help="MAF blocks (default: %(default)s)")
     p.add_argument("--flow-hidden", type=int, default=None, help="MADE hidden units (default: 2 x w_dim up to 128-d "
                    "latents, 128 for wider ones; the authors used 1024 at 512-d)")
-    p.add_argument("--flow-epochs", type=int, default=20, help="flow training epochs (default: %(default)s)")
+    p.add_argument("--flow-epochs", type=int, default=FLOW_EPOCHS, help="flow training epochs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_fit_prior)

@@ -7,8 +7,9 @@ batch of searches runs independently; they are differentiable in the code.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .bundle import set_prior
 from .flow import MAF, fit_flow
+from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES, default_flow_hidden
 
 ArrayLike = Union[np.ndarray, Tensor]
 PULSE_SLOPE = 5.0      # LeakyReLU(5) undoes the mapping's last LeakyReLU(0.2): Gaussian-ish
@@ -104,16 +107,8 @@ def fit_latent_stats(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples:
     return stats, torch.cat(kept)
 
 
-def default_flow_hidden(w_dim: int) -> int:
-    """MADE hidden units when not given: 2 x w_dim up to 128-d latents (as before); 128 for
-    wider ones. The authors' 1024 for 512-d would cost ~1 GFLOP per tile-step and ~25 MB per
-    bundle (float16), against the 12 MiB bundle budget; 128 keeps both small
-    (docs/performance.md)."""
-    return 2 * w_dim if w_dim <= 128 else 128
-
-
-def fit_prior(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples: int = 100_000,
-              flow_blocks: int = 5, flow_hidden: Optional[int] = None, flow_epochs: int = 20,
+def fit_prior(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples: int = PRIOR_SAMPLES,
+              flow_blocks: int = FLOW_BLOCKS, flow_hidden: Optional[int] = None, flow_epochs: int = FLOW_EPOCHS,
               seed: int = 0, device=None, progress: bool = True) -> Tuple[LatentStats, MAF]:
     """The `rls fit-prior` computation: latent statistics, then a MAF on standardised w."""
     stats, w = fit_latent_stats(mapping, z_dim, n_samples, seed=seed, device=device, progress=progress)
@@ -123,6 +118,23 @@ def fit_prior(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples: int = 
     flow = fit_flow(w_std, n_blocks=flow_blocks, hidden=flow_hidden or default_flow_hidden(d), epochs=flow_epochs,
                     seed=seed, progress=progress, device=flow_device)
     return stats, flow
+
+
+def fit_bundle_prior(bundle, G, n_samples: int = PRIOR_SAMPLES, flow_blocks: int = FLOW_BLOCKS,
+                     flow_hidden: Optional[int] = None, flow_epochs: int = FLOW_EPOCHS, seed: int = 0, device=None,
+                     progress: bool = True) -> Dict[str, Any]:
+    """The one way a latent prior gets into a bundle (`rls fit-prior`, `rls import --fit-prior`,
+    `rls train`): fit it on `G`'s mapping network, store it, and record how in
+    `bundle.provenance["prior"]`, which it also returns."""
+    t0 = time.perf_counter()
+    stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=n_samples, flow_blocks=flow_blocks,
+                            flow_hidden=flow_hidden, flow_epochs=flow_epochs, seed=seed, device=device,
+                            progress=progress)
+    set_prior(bundle, stats, flow)
+    info = {"fitted": True, "n_samples": int(n_samples), "flow": flow.config(), "flow_epochs": int(flow_epochs),
+            "seed": int(seed), "seconds": round(time.perf_counter() - t0, 1)}
+    bundle.provenance["prior"] = info
+    return info
 
 
 # ----------------------------------------------------------------------------- p_w

@@ -84,7 +84,8 @@ def test_fit_prior_completes_a_bare_bundle(tmp_path, capsys):
     assert not load_bundle(p).has_prior
     assert main(["fit-prior", str(p), "--samples", "3000", "--flow-epochs", "1", "--flow-hidden", "32"]) == 0
     b = load_bundle(p)
-    assert b.has_prior and b.provenance["prior"]["samples"] == 3000
+    assert b.has_prior and b.provenance["prior"]["n_samples"] == 3000
+    assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "seed", "seconds"}
 
 
 def test_console_script_help():

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from rls_core.api import InputError, super_resolve
-from rls_core.search import lr_schedule, make_search, project_l1_ball
-from rls_core.operators import make_operator
+from rls_core.search import lr_schedule, project_l1_ball
 
 
 def hr_psnr(a, b):

@@ -180,8 +180,13 @@ def test_train_run_checkpoint_and_bundle(data_dir, tmp_path):
     prov = b.provenance
     assert prov["iterations"] == 4 and prov["kimg"] == pytest.approx(0.016)
     assert prov["data"]["n_fields"] == 3 and prov["data"]["channels"] == CHANNELS
+    # a bundle travels: no absolute path of the training machine in it
+    assert not Path(prov["data"]["folder"]).is_absolute() and prov["data"]["folder"].endswith(data_dir.name)
     for key in ("command", "wall_time_s", "device", "torch", "date", "git_commit", "train_config"):
         assert key in prov
+    # the one provenance shape of a fitted prior (as `rls fit-prior` and `rls import --fit-prior` write it)
+    assert set(prov["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "seed", "seconds"}
+    assert prov["prior"]["n_samples"] == 300 and prov["prior"]["flow_epochs"] == 1
     G = b.build_generator()
     assert G.cfg.resolution == 32 and G.cfg.img_channels == 2
     assert float(G.w_avg.abs().sum()) > 0  # w_avg estimated at the end

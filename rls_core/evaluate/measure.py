@@ -30,9 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import RLSError
+from ..resources import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-PIPELINES = ROOT / "pipelines"
 SITE_STRIDE = 100_000
 WELLS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09")
 
@@ -113,7 +113,7 @@ def scale_pipeline_text(text: str, scale: float) -> str:
 
 def prepare_pipeline(assay: str, dest: Path, object_scale: float = 1.0, pipeline: Optional[Path] = None) -> Path:
     """Copy the assay's HR pipeline (or `pipeline`) to `dest`, object sizes scaled; returns dest."""
-    src = Path(pipeline) if pipeline is not None else PIPELINES / f"{assay}_hr.cppipe"
+    src = Path(pipeline) if pipeline is not None else shared_dir("pipelines") / f"{assay}_hr.cppipe"
     if not src.is_file():
         raise MeasureError(f"pipeline {src} not found")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..prior_config import FLOW_EPOCHS, PRIOR_SAMPLES
+
 DESCRIPTION = (
     "Convert an existing StyleGAN2 generator into a SuperResolveRLS model bundle (.h5). "
     "Reads rosinality/stylegan2-pytorch checkpoints (.pt, uses g_ema and latent_avg) and "
@@ -91,9 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "all channels or once per channel")
     parser.add_argument("--fit-prior", action="store_true",
                         help="also fit the latent prior (needed by the RLS method); see 'prior' below for the cost")
-    parser.add_argument("--prior-samples", type=int, default=100_000, metavar="N",
+    parser.add_argument("--prior-samples", type=int, default=PRIOR_SAMPLES, metavar="N",
                         help="mapped samples for --fit-prior (default: %(default)s)")
-    parser.add_argument("--flow-epochs", type=int, default=20, metavar="E",
+    parser.add_argument("--flow-epochs", type=int, default=FLOW_EPOCHS, metavar="E",
                         help="flow training epochs for --fit-prior (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --fit-prior (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -108,7 +110,7 @@ def _err(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, optionally fit the prior, save. Returns a process exit code (0 ok, 2 refused)."""
-    from ..bundle import save_bundle, set_prior
+    from ..bundle import save_bundle
     from . import ImportErrorRLS, UnsafeCheckpointError, import_checkpoint
 
     out = Path(args.output)
@@ -140,21 +142,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"rls import: warning: {w}", file=sys.stderr)
     if args.fit_prior:
         from ..model import resolve_device
-        from ..priors import fit_prior
+        from ..priors import fit_bundle_prior
 
-        try:
-            dev = resolve_device(args.device)
-        except (RuntimeError, ValueError) as e:
-            return _err(str(e))
+        dev = resolve_device(args.device)
         G = bundle.build_generator(dev)
-        t1 = time.perf_counter()
         print(f"fitting the latent prior ({args.prior_samples} samples, {args.flow_epochs} flow epochs) on {dev}...",
               file=sys.stderr)
-        stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=args.prior_samples,
-                                flow_epochs=args.flow_epochs, seed=args.seed, device=dev, progress=True)
-        set_prior(bundle, stats, flow)
-        bundle.provenance["prior"] = dict(samples=args.prior_samples, flow_epochs=args.flow_epochs,
-                                          seed=args.seed, seconds=round(time.perf_counter() - t1, 1))
+        fit_bundle_prior(bundle, G, n_samples=args.prior_samples, flow_epochs=args.flow_epochs, seed=args.seed,
+                         device=dev)
     dest = save_bundle(bundle, out)
     print(f"wrote {dest} ({time.perf_counter() - t0:.1f} s)"
           + ("" if args.fit_prior else f"; run `rls fit-prior {dest}` before using the RLS method"), file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..presets import PRESET_NAMES
+from ..prior_config import FLOW_EPOCHS, PRIOR_SAMPLES
 
 DESCRIPTION = """\
 Train a StyleGAN2 generator on high-resolution fields of one assay, then fit its latent
@@ -148,10 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     g = parser.add_argument_group("latent prior (fitted on the EMA generator at the end)")
-    g.add_argument("--fit-prior-samples", type=int, default=100_000, metavar="N",
+    g.add_argument("--fit-prior-samples", type=int, default=PRIOR_SAMPLES, metavar="N",
                    help="mapped samples for the latent statistics and the flow; 0 skips the prior "
                         "(run `rls fit-prior` later) (default: 100000)")
-    g.add_argument("--flow-epochs", type=int, default=20, help="MAF training epochs (default: 20)")
+    g.add_argument("--flow-epochs", type=int, default=FLOW_EPOCHS, help="MAF training epochs (default: %(default)s)")
     g.add_argument("--flow-blocks", type=int, default=5, help="MAF blocks (default: 5, as in the paper)")
     g.add_argument("--flow-hidden", type=int, default=None,
                    help="MAF hidden width (default: 2 x w_dim up to 128-d latents, 128 for wider "

@@ -59,7 +59,7 @@ class FieldSet:
         """Small JSON-able description for provenance and checkpoints."""
         shapes = sorted({tuple(int(s) for s in f.shape[1:]) for f in self.fields})
         out = {
-            "folder": self.folder,
+            "folder": _portable(self.folder),
             "layout": self.layout,
             "n_fields": len(self.fields),
             "channels": list(self.channel_names),
@@ -71,6 +71,17 @@ class FieldSet:
         if sim is not None:
             out["simulation"] = sim
         return out
+
+
+def _portable(folder: str) -> str:
+    """The data folder as provenance records it: relative to the working directory when inside
+    it (as typed in the documented commands), else its last two parts; never the training
+    machine's absolute path."""
+    p = Path(folder)
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 1 else p.as_posix()
 
 
 def _simulation_meta(folder: Path) -> Optional[Dict[str, Any]]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..accel import autocast, resolve_accel
 from ..errors import RLSError
 from ..generator import Generator, GeneratorConfig
+from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
@@ -83,10 +84,10 @@ class TrainConfig:
     snapshot_every: int = 250               # (run control) sample grid every N iterations
     checkpoint_every: int = 250             # (run control) checkpoint every N iterations
     log_every: int = 10                     # (run control) rows of train_log.csv
-    fit_prior_samples: int = 100_000        # (run control) mapped samples for the prior; 0: skip
-    flow_blocks: int = 5                    # (run control)
+    fit_prior_samples: int = PRIOR_SAMPLES  # (run control) mapped samples for the prior; 0: skip
+    flow_blocks: int = FLOW_BLOCKS          # (run control)
     flow_hidden: Optional[int] = None       # (run control) None: 2 x w_dim
-    flow_epochs: int = 20                   # (run control)
+    flow_epochs: int = FLOW_EPOCHS          # (run control)
     device: str = "auto"                    # (run control) auto | cpu | cuda[:i]
     accel: str = "none"                     # (run control) none | bf16 (autocast of the main passes) | auto
     threads: Optional[int] = None           # (run control) torch CPU threads
@@ -493,26 +494,12 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
             rng: Dict[str, Any]) -> Path:
     """Mean w, latent prior (stats + flow) on the EMA generator, then the bundle (float16
     weights) and the slim resume checkpoint that goes with it."""
-    from ..bundle import ModelBundle, save_bundle, set_prior
+    from ..bundle import ModelBundle, save_bundle
 
     G = st.G_ema.eval()
     n_avg = max(10_000, int(cfg.fit_prior_samples))
     _say(f"estimating w_avg from {n_avg} mapped samples")
     G.estimate_w_avg(n=n_avg, seed=cfg.seed)
-    prior_info: Dict[str, Any] = {"fitted": False}
-    stats = flow = None
-    if cfg.fit_prior_samples > 0:
-        try:
-            from ..priors import fit_prior
-        except ImportError as e:
-            _say(f"warning: latent prior not fitted ({e}); run `rls fit-prior` on the bundle")
-        else:
-            stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=int(cfg.fit_prior_samples),
-                                    flow_blocks=cfg.flow_blocks, flow_hidden=cfg.flow_hidden,
-                                    flow_epochs=cfg.flow_epochs, seed=cfg.seed, device=device,
-                                    progress=cfg.progress)
-            prior_info = {"fitted": True, "n_samples": int(cfg.fit_prior_samples), "flow": flow.config(),
-                          "flow_epochs": cfg.flow_epochs}
     b = cfg.batch
     provenance = {
         "name": cfg.name,
@@ -533,11 +520,15 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
                          if k not in RUN_CONTROL or k in ("fit_prior_samples", "flow_epochs")},
         "discriminator": st.D.cfg.to_dict(),
         "w_avg_samples": n_avg,
-        "prior": prior_info,
+        "prior": {"fitted": False},
     }
     bundle = ModelBundle.from_generator(G, data["channels"], data["normalization"], provenance)
-    if stats is not None:
-        set_prior(bundle, stats, flow)
+    if cfg.fit_prior_samples > 0:
+        from ..priors import fit_bundle_prior
+
+        fit_bundle_prior(bundle, G, n_samples=int(cfg.fit_prior_samples), flow_blocks=cfg.flow_blocks,
+                         flow_hidden=cfg.flow_hidden, flow_epochs=cfg.flow_epochs, seed=cfg.seed, device=device,
+                         progress=cfg.progress)
     path = save_bundle(bundle, Path(cfg.outdir) / f"{cfg.name}.h5", half=True)
     resume = save_resume_checkpoint(Path(cfg.outdir) / RESUME_NAME, st, cfg, rng, data, path)
     _say(f"wrote {path} and {resume} (keep the two together to resume)")
