@@ -73,6 +73,16 @@ def _methods_help() -> str:
     return "\n".join(f"  {m.name:<15}{m.description}" for m in METHODS.values())
 
 
+def _seed(text: str) -> int:
+    """argparse type of --seed: refused at parse time, before any field is read."""
+    from .seeding import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+
+
 def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for item in items or []:
@@ -232,7 +242,8 @@ def _add_super_resolve(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's)")
     p.add_argument("--samples", type=int, default=1, metavar="K",
                    help="K > 1: K searches per tile from random starts -> mean image + std map (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same result on CPU (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="random seed (>= 0); with the field's name it seeds each tile (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
     p.add_argument("--accel", default=DEFAULT_ACCEL, choices=ACCEL_MODES,
                    help="how the generator runs: none (float32, the reference), bf16 (autocast; for GPUs and "

@@ -584,7 +584,22 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Run:
+    """Everything the loop needs, made by `_setup`."""
+
+    cfg: TrainConfig
+    st: _State
+    sampler: CropSampler
+    data: Dict[str, Any]
+    outdir: Path
+    ckpt_path: Path
+    device: torch.device
+    z_grid: torch.Tensor
+
+
 def _train(cfg: TrainConfig, t0: float) -> Path:
+    """setup -> loop -> finish (or only finish, with --finish)."""
     outdir = Path(cfg.outdir).expanduser()
     ckpt_path = outdir / CHECKPOINT_NAME
     device = _device(cfg.device)
@@ -602,6 +617,24 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         st = _restore(ckpt, cfg, device)
         st.commands.append(command)
         return _finish(st, cfg, ckpt["data"], device, ckpt["rng"])
+    run = _setup(cfg, ckpt, outdir, ckpt_path, device)
+    run.st.commands.append(command)
+    stopped = _loop(run, t0)
+    if stopped:
+        _say(f"stopped by {stopped} at iteration {run.st.iteration}/{run.cfg.iters}; checkpoint {ckpt_path}. "
+             f"Continue with the same command plus --resume.")
+        if not (stopped == "time limit" and run.cfg.finish_at_limit):
+            return ckpt_path
+        _say("--finish-at-limit: writing the bundle from the current state")
+    if run.st.iteration > 0 and not ckpt_path.exists():
+        save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
+    _snapshot(run.st.G_ema, run.z_grid, outdir, "final")
+    return _finish(run.st, run.cfg, run.data, device, _rng_state(run.sampler))
+
+
+def _setup(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], outdir: Path, ckpt_path: Path,
+           device: torch.device) -> _Run:
+    """Precision, data, networks and optimisers: fresh, or restored from `ckpt` exactly."""
     try:
         accel = resolve_accel(cfg.accel, device)
     except ValueError as e:
@@ -636,17 +669,22 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         _say(f"{len(fs.fields)} fields, channels {fs.channel_names}, normalisation "
              + "; ".join(f"{c}: [{n['low']:.4g}, {n['high']:.4g}]" for c, n in zip(fs.channel_names, fs.normalization))
              + f"; G {st.G.num_params() / 1e6:.2f} M, D {st.D.num_params() / 1e6:.2f} M parameters on {device}")
-    st.commands.append(command)
     z_grid = torch.randn(GRID_SIZE, st.G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
-    aug = AugmentConfig(p=cfg.augment_p)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return _Run(cfg, st, sampler, data, outdir, ckpt_path, device, z_grid)
 
-    stopped = None
+
+def _loop(run: _Run, t0: float) -> Optional[str]:
+    """Iterate until cfg.iters, the time limit or Ctrl-C, logging, snapshotting and
+    checkpointing on the way. Returns why it stopped early ("time limit", "interrupt") or None."""
     from tqdm.auto import tqdm
 
+    cfg, st, outdir = run.cfg, run.st, run.outdir
+    aug = AugmentConfig(p=cfg.augment_p)
+    stopped = None
     np.finfo(np.float32), np.finfo(np.float64)  # cache numpy's limits before flushing denormals
-    flush_denormal = device.type == "cpu" and torch.set_flush_denormal(True)  # denormals crawl on CPU
+    flush_denormal = run.device.type == "cpu" and torch.set_flush_denormal(True)  # denormals crawl on CPU
     bar = tqdm(total=cfg.iters, initial=min(st.iteration, cfg.iters), desc=f"train {cfg.name}",
                disable=not cfg.progress, dynamic_ncols=True)
     window: Dict[str, List[float]] = {}
@@ -655,7 +693,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         with _StopFlag() as flag:
             while st.iteration < cfg.iters:
                 t_iter = time.time()
-                real = sampler.sample(cfg.batch).to(device)
+                real = run.sampler.sample(cfg.batch).to(run.device)
                 losses = _iteration(st, cfg, real, aug)
                 dt = time.time() - t_iter
                 iter_s = dt if iter_s == 0 else 0.9 * iter_s + 0.1 * dt
@@ -681,10 +719,10 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
                                                     "s_per_iter": iter_s,
                                                     "wall_s": st.wall_time + time.time() - t_iter})
                 if it % cfg.snapshot_every == 0:
-                    _snapshot(st.G_ema, z_grid, outdir, f"{it:06d}")
+                    _snapshot(st.G_ema, run.z_grid, outdir, f"{it:06d}")
                 st.wall_time += time.time() - t_iter
                 if it % cfg.checkpoint_every == 0 or it == cfg.iters or out_of_time or flag.stop:
-                    save_checkpoint(ckpt_path, st, cfg, sampler, data)
+                    save_checkpoint(run.ckpt_path, st, cfg, run.sampler, run.data)
                 if (out_of_time or flag.stop) and it < cfg.iters:
                     stopped = "time limit" if out_of_time else "interrupt"
                     break
@@ -692,14 +730,4 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         bar.close()
         if flush_denormal:
             torch.set_flush_denormal(False)
-
-    if stopped:
-        _say(f"stopped by {stopped} at iteration {st.iteration}/{cfg.iters}; checkpoint {ckpt_path}. "
-             f"Continue with the same command plus --resume.")
-        if not (stopped == "time limit" and cfg.finish_at_limit):
-            return ckpt_path
-        _say("--finish-at-limit: writing the bundle from the current state")
-    if st.iteration > 0 and not ckpt_path.exists():
-        save_checkpoint(ckpt_path, st, cfg, sampler, data)
-    _snapshot(st.G_ema, z_grid, outdir, "final")
-    return _finish(st, cfg, data, device, _rng_state(sampler))
+    return stopped
