@@ -115,7 +115,7 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, sample
         raise InputError(f"the LR image ({h}x{w} px) is smaller than one LR tile ({tile}x{tile} px at {factor}x "
                          f"for a {m.resolution}-px model); use a larger image or a smaller factor")
     if mask is not None and np.shape(mask) != (h, w):
-        raise InputError(f"the mask is {np.shape(mask)} px but the image is {h}x{w}; "
+        raise InputError(f"the mask is {'x'.join(map(str, np.shape(mask)))} px but the image is {h}x{w}; "
                          "give a mask of the LR image's size")
     return lr_img
 

@@ -163,6 +163,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no models are installed with the package (see docs/models.md to train one)")
         return 0
+    broken = 0
     for name, path in models.items():
         try:
             b = load_bundle(path)
@@ -171,8 +172,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{name:<15} {'(default) ' if name == DEFAULT_MODEL else ''}channels {','.join(b.channel_names)}; "
                   f"{res}-px tiles; {path.stat().st_size / 1e6:.1f} MB  {desc}")
         except BundleError as e:
+            broken += 1
             print(f"{name:<15} BROKEN: {e}")
-    return 0
+    if broken:
+        print(f"rls models: {broken} model(s) cannot be used (see BROKEN above); reinstall the package",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def cmd_fit_prior(args: argparse.Namespace) -> int:

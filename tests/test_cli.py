@@ -73,7 +73,25 @@ def test_info_and_models(tiny_model_path, capsys):
     assert main(["info", str(tiny_model_path)]) == 0
     out = capsys.readouterr().out
     assert "DNA, NFkB" in out and "latent prior fitted" in out
+
+
+def test_models_lists_good_models_and_fails_on_a_broken_one(tiny_model_path, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import rls_core.registry as registry
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_model_path, models / "good.h5")
+    monkeypatch.setattr(registry, "MODELS_DIR", models)
     assert main(["models"]) == 0
+    assert "good" in capsys.readouterr().out
+    damaged = models / "damaged.h5"
+    damaged.write_bytes(tiny_model_path.read_bytes()[:4096])  # a truncated copy
+    assert main(["models"]) == 1
+    captured = capsys.readouterr()
+    assert "damaged" in captured.out and "BROKEN" in captured.out and "good" in captured.out
+    assert "cannot be used" in captured.err
 
 
 def test_fit_prior_completes_a_bare_bundle(tmp_path, capsys):

@@ -201,3 +201,44 @@ def test_unknown_weights_and_bad_knob_are_refused(tiny_model, method):
                       weights={"lambda_typo": 1.0})
     with pytest.raises(InputError, match="realism"):
         super_resolve(np.zeros((2, 8, 8), np.float32), tiny_model, FACTOR, method, steps=1, realism=float("nan"))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_is_deterministic(tiny_model_path, method, device):
+    from rls_core.model import load_model
+
+    m = load_model(tiny_model_path, device)
+    tiles = _lr_tiles(3, len(m.channel_names), seed=2)
+    keys = [TileKey("f", 0, i) for i in range(3)]
+    a, b = (_run(m, method, tiles, keys, batch=3, steps=3) for _ in range(2))
+    assert np.array_equal(a.images, b.images)
+
+
+@pytest.mark.parametrize("method", [m.name for m in METHODS.values() if m.prior_weights])
+def test_the_knob_at_zero_switches_every_prior_off(tiny_model, method):
+    spec = METHODS[method]
+    assert all(spec.weights_at(0.0)[k] == 0 for k in spec.prior_weights)
+    assert spec.weights_at(2.0) == {k: v * (2.0 if k in spec.prior_weights else 1.0)
+                                    for k, v in spec.weights_at(1.0).items()}
+    tiles = _lr_tiles(2, len(tiny_model.channel_names), seed=4)
+    keys = [TileKey("f", 0, i) for i in range(2)]
+    knob0 = reconstruct_tiles(make_reconstructor(tiny_model, method, FACTOR, realism=0.0, steps=4), tiles, keys)
+    zeroed = reconstruct_tiles(make_reconstructor(tiny_model, method, FACTOR, steps=4,
+                                                  weights={k: 0.0 for k in spec.prior_weights}), tiles, keys)
+    assert np.array_equal(knob0.images, zeroed.images)
+
+
+def test_saved_pipelines_choose_methods_the_table_offers():
+    """Shared .cppipe files store the module's method label; the table must keep offering it."""
+    from pathlib import Path
+
+    from rls_core.methods import MODULE_CHOICES
+
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    labels = [line.split(":", 1)[1].strip() for p in sorted(root.glob("*.cppipe"))
+              for line in p.read_text().splitlines() if line.strip().startswith("Method:")]
+    assert labels and set(labels) <= set(MODULE_CHOICES), labels

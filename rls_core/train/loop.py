@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..accel import autocast, resolve_accel
 from ..errors import RLSError
 from ..generator import Generator, GeneratorConfig
+from ..model import resolve_device
 from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
@@ -112,15 +113,6 @@ def _say(msg: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(msg, file=sys.stderr)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for but this PyTorch sees no CUDA GPU; use --device cpu")
-    return dev
 
 
 def _git_commit() -> Optional[str]:
@@ -602,7 +594,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
     """setup -> loop -> finish (or only finish, with --finish)."""
     outdir = Path(cfg.outdir).expanduser()
     ckpt_path = outdir / CHECKPOINT_NAME
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     command = cfg.command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:])
 
     ckpt = None
