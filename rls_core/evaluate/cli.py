@@ -41,17 +41,15 @@ data:
 the read-out is measured by CellProfiler (headless, `cellprofiler -c -r -p ... -e imageio_reader`)
 with pipelines/<assay>_hr.cppipe, so the numbers are the ones a user of the pipeline gets.
 
-cost (measured on 2 busy CPU cores, 1 torch thread, the 128-px 'cpu' preset model: ~28 ms per
-tile per search step; ~0.6 s per image set in CellProfiler):
-  full default run (2 factors, 5 methods, 32 crops per condition, robustness, ablation,
-  realism sweep, samples): ~600 k tile-steps -> ~4.5 h of search per assay at 28 ms (2 idle
-  cores with --threads 2 should be faster; not measured), plus ~20 min of CellProfiler
-  (--cp-jobs 2 halves it on idle cores). On a GPU (--device cuda) the search part shrinks
-  to minutes. Reduce with --n-per-condition, --skip, fewer --degradations / --realism.
-  --dry-run prints the plan and a time estimate measured on your machine, then stops.
+cost: (crops x methods x factors x steps) search tile-steps plus one CellProfiler run per
+image set. The full default run (2 factors, 5 methods, 32 crops per condition and every
+section) takes hours per assay on a 2-core CPU (docs/results/README.md has measured times)
+and minutes of search on a GPU (--device cuda). Reduce with --n-per-condition, --skip, fewer
+--degradations / --realism. --dry-run prints the plan and a time estimate measured on your
+machine, then stops.
   --quick: one factor, 3 methods, 3 crops per condition, 10 steps, tiny robustness /
-  ablation / realism / samples sections: ~1-2 min with a 32-px test model (it still runs
-  CellProfiler and writes the full report; its numbers mean nothing).
+  ablation / realism / samples sections: a smoke test (it still runs CellProfiler and
+  writes the full report; its numbers mean nothing).
 
 examples:
   rls evaluate --assay translocation --model translocation -o docs/results/translocation

@@ -49,12 +49,10 @@ precision:
 prior (--fit-prior):
   Super-resolution with the RLS method needs the model's latent prior: statistics of
   mapped latents plus a normalizing flow (MAF). --fit-prior fits it now (the same as
-  running `rls fit-prior BUNDLE.h5` later). Cost with the defaults (100k samples, 20 flow
-  epochs): measured ~100 CPU-seconds on one core for a small 64-d model (the test
-  fixture); estimated ~1 hour on one CPU core for a 512-d paper-size model (mapping
-  ~8 s, flow with 1024 hidden units ~1 CPU-hour), less with more cores and much less on
-  a GPU (--device cuda). --prior-samples 20000 --flow-epochs 5 cuts it ~20-fold, at some
-  cost in prior quality.
+  running `rls fit-prior BUNDLE.h5` later). With the defaults it takes minutes on one CPU
+  thread for the project's presets (docs/performance.md); the authors' 1024-unit flow for
+  a 512-d latent takes much longer on a CPU and minutes on a GPU (--device cuda).
+  --prior-samples 20000 --flow-epochs 5 cuts it several-fold, at some cost in prior quality.
 """
 
 

@@ -25,41 +25,28 @@ with --channels; or one multi-channel TIFF per field (CYX or YXC). *_labels.tif,
 """
 
 EPILOG = """\
-example (the shipped 'translocation' model; two channels, 128 px, CPU, ~90 min):
-  rls simulate --assay translocation --fields 24 --seed 1 -o data/translocation
-  rls train data/translocation -o runs/translocation --name translocation \\
-      --channels DNA,NFkB --resolution 128 --preset cpu --iters 4000 --batch 16 \\
-      --seed 0 --threads 1 --time-limit 82 --finish-at-limit
-  # to train further later (same model settings come from the checkpoint):
-  rls train data/translocation -o runs/translocation --name translocation \\
-      --iters 8000 --threads 1 --time-limit 82 --finish-at-limit --resume
+example (the campaign's translocation model, docs/models.md; standard preset, 128 px):
+  rls simulate --assay translocation --fields 200 --seed 3000 --size 512 -o data/train/translocation_s3000
+  rls train data/train/translocation_s3000 -o runs/translocation_std --name translocation \\
+      --channels DNA,NFkB --resolution 128 --preset standard --batch 16 --seed 0 \\
+      --threads 1 --time-limit 120
+  # to train further later (the model settings come from the checkpoint):
+  rls train data/train/translocation_s3000 -o runs/translocation_std --name translocation \\
+      --iters 100000 --threads 1 --time-limit 120 --resume
+  rls train -o runs/translocation_std --name translocation --finish   # bundle now
 
-how long it takes (measured on this project's 2-core CPU machine, torch 2.13, 128 px,
-2 channels, batch 16, R1 every 16 iterations included; benchmarks/generator_speed.py):
-  standard preset, idle machine, --threads 2: {s2:.2f} s/iteration (~{sph2:.0f} per hour)
-  standard preset, --threads 1, other core busy: {s1:.2f} s/iteration (~{sph1:.0f} per hour)
-  cpu preset, idle machine, --threads 2: {t2:.2f} s/iteration (~{ph2:.0f} iterations per hour)
-  cpu preset, idle machine, --threads 1: {t1:.2f} s/iteration
-  cpu preset, two runs side by side, --threads 1 each: {tp:.2f} s/iteration each (~{php:.0f}/hour each)
-  other jobs competing: ~1.9 s/iteration with 1 thread; 2 threads can then be several
-  times slower than 1, so use --threads 1 on a shared machine.
-  --pl-weight 2 adds ~5-10%. The end of a run (w_avg, 100k mapped samples, 20 flow
-  epochs) takes ~3-5 minutes on 1 thread. Budget of ~90 min per model with two models
-  in parallel: --iters 4000 (64 kimg, ~75 min) --time-limit 82 --finish-at-limit.
-  GPU: not measured yet; scripts/train_on_device.sh is the prepared one-call run for a lent
-  GPU (docs/models.md). For reference the authors' model saw millions of images.
+how long it takes: docs/performance.md has seconds per iteration for each preset and
+thread count on a 2-core CPU (benchmarks/generator_speed.py measures your machine), and
+docs/models.md the campaign's wall times. On a machine shared with other work, use
+--threads 1: two threads can then be slower than one. The end of a run (w_avg, the prior
+fit) takes a few minutes on one thread. A lent GPU: scripts/train_on_device.sh
+(docs/models.md). For reference, the authors' model saw millions of images.
 
 outputs in OUTDIR: checkpoint.pt (one file, replaced every --checkpoint-every iterations;
 exact resume), samples_NNNNNN.png (latest sample grid from fixed latents; first channel
 blue, second green, third red), samples_final.png, reals.png (training crops for
 comparison), train_log.csv (losses per --log-every iterations), <name>.h5 (the bundle).
 """
-
-# Seconds per iteration, cpu preset 128 px, 2 channels, batch 16, R1 amortised, on the 2-core
-# project machine with torch 2.13 CPU (rls_core.train.loop._iteration timed directly).
-MEASURED_S_PER_ITER = {"idle_2_threads": 0.51, "idle_1_thread": 0.92, "two_runs_1_thread_each": 1.1,
-                       "standard_idle_2_threads": 1.61, "standard_1_thread_busy": 2.4}
-
 
 def _name_list(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -70,12 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     if not parser.description:
         parser.description = DESCRIPTION
     if not parser.epilog:
-        m = MEASURED_S_PER_ITER
-        parser.epilog = EPILOG.format(s2=m["standard_idle_2_threads"], sph2=round(3600 / m["standard_idle_2_threads"], -2),
-                                      s1=m["standard_1_thread_busy"], sph1=round(3600 / m["standard_1_thread_busy"], -2),
-                                      t2=m["idle_2_threads"], ph2=round(3600 / m["idle_2_threads"], -2),
-                                      t1=m["idle_1_thread"], tp=m["two_runs_1_thread_each"],
-                                      php=round(3600 / m["two_runs_1_thread_each"], -2))
+        parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
     parser.add_argument("data_dir", nargs="?", metavar="DATA_DIR",
