@@ -447,7 +447,7 @@ def test_cli_help_teaches():
     p = argparse.ArgumentParser(prog="rls import")
     add_arguments(p)
     text = p.format_help()
-    for needle in ("rls import", "--channels DNA,Tubulin,Actin", "--fit-prior", "estimated", "G_ema", "float32"):
+    for needle in ("rls import", "--channels DNA,Tubulin,Actin", "--fit-prior", "--prior-samples", "G_ema", "float32"):
         assert needle in text
 
 
