@@ -6,14 +6,13 @@ inside the handlers so `rls --help` answers at once.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
-from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, RLSError
+from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError
 from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
 
 EPILOG = """\
@@ -37,10 +36,15 @@ inputs:
   raw / dtype max (as CellProfiler does); float images are taken as 0..1.
 
 outputs (in OUTDIR):
-  <stem>_sr.tif       HR field, one page per channel, float32, same intensity units
+  <stem>_sr.tif       HR field, one page per channel, float32, same intensity units; its
+                      ImageJ "Info" property records the settings that made it
   <stem>_sr_std.tif   per-pixel standard deviation over --samples (only when K > 1)
-  summary.csv         one row per field: method, factor, lr_psnr (dB), converged
-                      fraction, seconds, status (a failed field is reported and skipped)
+  summary.csv         one row per field: status (ok / skipped / failed / not run), reason,
+                      method, factor, lr_psnr (dB), converged fraction, seconds; rewritten
+                      after every field, so an interrupted run leaves a true summary
+
+resume: rerun the same command with --skip-existing: fields whose output records the same
+settings are skipped; the others are redone (the summary says which setting changed).
 
 methods:
 {methods}
@@ -97,54 +101,35 @@ def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
 
 
 def cmd_super_resolve(args: argparse.Namespace) -> int:
-    from .api import super_resolve
-    from .io import group_fields, write_tiff
+    from .api import check_factor
+    from .batch import FAILED, NOT_RUN, BatchOptions, prepare_output, run_batch
+    from .io import plan_fields
     from .model import load_model
+    from .reconstruct import make_reconstructor
 
     model = load_model(args.model, args.device, accel=args.accel)
+    opts = BatchOptions(method=args.method, factor=args.factor, steps=args.steps, learning_rate=args.lr,
+                        samples=args.samples, seed=args.seed, realism=args.realism,
+                        weights=_parse_weights(args.weight), p_w=args.p_w, overlap=args.overlap,
+                        operator=args.operator, refine_steps=args.refine_steps)
+    # Settings that no field could run with stop here (exit 2), before any output is written.
+    check_factor(model, opts.factor)
     try:
-        fields = group_fields([Path(p) for p in args.inputs], model.channel_names)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rls: error: {e}", file=sys.stderr)
-        return EXIT_NOTHING_RAN
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = _parse_weights(args.weight)
-    rows = []
-    failed = 0
+        make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples,
+                           **({} if opts.method == "bicubic" else dict(
+                               realism=opts.realism, weights=opts.weights, p_w=opts.p_w, steps=opts.steps)))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    specs = plan_fields([Path(p) for p in args.inputs], model.channel_names)
+    out = prepare_output(Path(args.output))
     print(f"model {model.name} ({', '.join(model.channel_names)}) on {model.device}; "
-          f"{len(fields)} field(s); method {args.method} x{args.factor}", file=sys.stderr)
-    for fld in fields:
-        t0 = time.perf_counter()
-        row = dict(field=fld.stem, inputs=";".join(str(s) for s in fld.sources), method=args.method,
-                   factor=args.factor, samples=args.samples, model=model.name)
-        try:
-            res = super_resolve(fld.image, model, args.factor, args.method, steps=args.steps,
-                                learning_rate=args.lr, samples=args.samples, seed=args.seed, name=fld.stem, realism=args.realism, weights=weights,
-                                p_w=args.p_w, overlap=args.overlap, batch_size=args.batch_size,
-                                operator=args.operator, refine_steps=args.refine_steps, progress=not args.quiet)
-            sr_path = write_tiff(out / f"{fld.stem}_sr.tif", res.image, res.channel_names)
-            if res.std is not None:
-                write_tiff(out / f"{fld.stem}_sr_std.tif", res.std, res.channel_names)
-            row.update(lr_psnr=f"{res.lr_psnr:.2f}", converged_fraction=f"{res.converged_fraction:.3f}",
-                       tiles=res.n_tiles, seconds=f"{res.seconds:.2f}", output=str(sr_path), status="ok")
-            print(f"  {fld.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "
-                  f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s", file=sys.stderr)
-        except (ValueError, RuntimeError) as e:  # one bad field never stops or corrupts the others
-            failed += 1
-            row.update(lr_psnr="", converged_fraction="", tiles="", seconds=f"{time.perf_counter() - t0:.2f}",
-                       output="", status=f"error: {e}")
-            print(f"  {fld.stem}: FAILED: {e}", file=sys.stderr)
-        rows.append(row)
-    cols = ["field", "method", "factor", "samples", "model", "lr_psnr", "converged_fraction", "tiles",
-            "seconds", "status", "output", "inputs"]
-    with open(out / "summary.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows) - failed} result(s) and {out / 'summary.csv'}"
-          + (f"; {failed} field(s) failed" if failed else ""), file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+          f"{len(specs)} field(s); method {opts.method} x{opts.factor}", file=sys.stderr)
+    summary = run_batch(specs, model, opts, out, batch_size=args.batch_size, skip_existing=args.skip_existing,
+                        progress=not args.quiet)
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "skipped", FAILED, NOT_RUN)}
+    print(f"{counts['ok']} done, {counts['skipped']} skipped (already done), {counts[FAILED]} failed; "
+          f"see {summary.path}", file=sys.stderr)
+    return EXIT_SOME_FAILED if counts[FAILED] else EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -269,6 +254,9 @@ def _add_super_resolve(sub) -> None:
                    help="how HR maps to LR in the fidelity term (default: %(default)s)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="RLS+ stage: fine-tune generator weights per tile for N steps (default: off)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume: skip fields whose output records the same settings (model, inputs, method, "
+                        "seed, ...); redo the others and say why")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_super_resolve)
 

@@ -5,13 +5,16 @@ CellProfiler hands to modules, so the CLI and the plugin feed the model identica
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .errors import InputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -52,6 +55,8 @@ def read_planes(path: Path) -> np.ndarray:
     except Exception as e:  # the readers raise many types; all mean "cannot read"
         raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
     arr = np.asarray(arr)
+    if arr.size == 0 or arr.ndim < 2:
+        raise ValueError(f"{path}: cannot be read as an image (no pixel data: a damaged or truncated file?)")
     arr = to_full_scale(arr)
     if arr.ndim == 2:
         return arr[None]
@@ -71,58 +76,149 @@ def _channel_token(stem: str, channels: Sequence[str]) -> Optional[str]:
     return None
 
 
-def group_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[Field]:
-    """Group input files into multi-channel fields.
+@dataclass
+class FieldSpec:
+    """One field to process, found from file names alone: its stem, its files (in the model's
+    channel order) and, if the files already say it cannot work, why (it then fails alone)."""
+
+    stem: str
+    sources: List[Path]
+    problem: Optional[str] = None
+
+
+def _plane_count(path: Path) -> int:
+    """How many planes `read_planes` would return, reading the header only where possible."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        try:
+            with tifffile.TiffFile(str(path)) as tf:
+                shape = tuple(tf.series[0].shape)
+        except Exception as e:  # corrupt or not a TIFF: tifffile raises many types
+            raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+        shape = tuple(d for d in shape if d != 1) if len(shape) > 3 else shape
+        if len(shape) == 2:
+            return 1
+        if len(shape) == 3:
+            return shape[-1] if (shape[-1] <= 4 and shape[0] > 4) else shape[0]
+        raise ValueError(f"{path}: expected a 2-D image or a channel stack, got shape {shape}")
+    return read_planes(path).shape[0]
+
+
+def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpec]:
+    """Group input files into multi-channel fields without reading pixels.
 
     A file holding all model channels (multi-page TIFF, CYX stack) is a field by itself.
     Single-channel files are grouped by name: the model's channel names must appear as a
     token (`..._DNA.tif`, `..._NFkB.tif`); files that differ only in that token form one
-    field. A one-channel model takes every single-plane file as a field.
+    field. A one-channel model takes every single-plane file as a field. A file or field
+    that cannot work becomes a FieldSpec with a `problem`, so it fails alone and the batch
+    goes on; only an empty input list raises.
     """
-    fields: List[Field] = []
+    if not paths:
+        raise InputError("no input files given", "pass LR images (TIFF or PNG), e.g. lr/*_DNA.tif lr/*_NFkB.tif")
+    specs: List[FieldSpec] = []
     groups: "OrderedDict[str, Dict[str, Path]]" = OrderedDict()
+    dup: Dict[str, str] = {}
     n = len(channels)
     for p in map(Path, paths):
-        planes = read_planes(p)
-        if planes.shape[0] == n:  # a complete field in one file
-            fields.append(Field(p.stem, planes, [p]))
-            continue
-        if planes.shape[0] != 1:
-            raise ValueError(f"{p}: has {planes.shape[0]} planes but the model has {n} channel(s) "
-                             f"({', '.join(channels)}); give one file per channel or one {n}-page file")
         ch = _channel_token(p.stem, channels)
+        try:
+            if not p.exists():
+                raise ValueError(f"{p}: no such file")
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{p}: unsupported file type '{p.suffix}'; give TIFF or PNG images")
+            planes = _plane_count(p)
+        except ValueError as e:
+            if ch is None or n == 1:  # no field to attach it to: it fails as its own field
+                specs.append(FieldSpec(p.stem, [p], str(e)))
+                continue
+            planes = 1  # named like one channel of a field: that field fails when it is read
+        if planes == n:  # a complete field in one file
+            specs.append(FieldSpec(p.stem, [p]))
+            continue
+        if planes != 1:
+            specs.append(FieldSpec(p.stem, [p], f"{p}: has {planes} planes but the model has {n} channel(s) "
+                                               f"({', '.join(channels)}); give one file per channel or one "
+                                               f"{n}-page file"))
+            continue
         if ch is None:
-            raise ValueError(f"{p}: the file name names none of the model's channels ({', '.join(channels)}); "
-                             "name single-channel files like FIELD_<channel>.tif or give multi-page files")
+            specs.append(FieldSpec(p.stem, [p], f"{p}: the file name names none of the model's channels "
+                                               f"({', '.join(channels)}); name single-channel files like "
+                                               "FIELD_<channel>.tif or give multi-page files"))
+            continue
         key = re.sub(rf"([_\-. ]?){re.escape(ch)}(?=$|[_\-. ])", "", p.stem, count=1, flags=re.IGNORECASE)
         key = str(p.parent / key)
         if ch in groups.setdefault(key, {}):
-            raise ValueError(f"{p}: two files for channel {ch} of field {Path(key).name}")
+            dup[key] = f"two files for channel {ch}: {groups[key][ch].name} and {p.name}"
+            continue
         groups[key][ch] = p
     for key, by_ch in groups.items():
+        stem = Path(key).name
         missing = [c for c in channels if c not in by_ch]
-        if missing:
-            raise ValueError(f"field {Path(key).name}: missing channel(s) {', '.join(missing)} "
-                             f"(found {', '.join(str(v.name) for v in by_ch.values())})")
-        srcs = [by_ch[c] for c in channels]
-        planes = [read_planes(s)[0] for s in srcs]
-        shapes = {pl.shape for pl in planes}
-        if len(shapes) != 1:
-            raise ValueError(f"field {Path(key).name}: channels differ in size {sorted(shapes)}")
-        fields.append(Field(Path(key).name, np.stack(planes), srcs))
-    return fields
+        srcs = [by_ch[c] for c in channels if c in by_ch]
+        if key in dup:
+            specs.append(FieldSpec(stem, srcs, f"field {stem}: {dup[key]}"))
+        elif missing:
+            specs.append(FieldSpec(stem, srcs, f"field {stem}: missing channel(s) {', '.join(missing)} "
+                                               f"(found {', '.join(s.name for s in srcs)})"))
+        else:
+            specs.append(FieldSpec(stem, srcs))
+    return specs
 
 
-def write_tiff(path: Path, image: np.ndarray, channel_names: Optional[Sequence[str]] = None) -> Path:
-    """(C, H, W) float32 -> multi-page TIFF (ImageJ-compatible hyperstack, one page per channel)."""
+def read_field(spec: FieldSpec, channels: Sequence[str]) -> np.ndarray:
+    """The (C, h, w) full-scale image of one planned field; InputError says what is wrong."""
+    if spec.problem:
+        raise InputError(spec.problem)
+    try:
+        if len(spec.sources) == 1 and len(channels) > 1:
+            return read_planes(spec.sources[0])
+        planes = [read_planes(s) for s in spec.sources]
+    except (ValueError, FileNotFoundError) as e:
+        raise InputError(str(e)) from None
+    for s, pl in zip(spec.sources, planes):
+        if pl.shape[0] != 1:
+            raise InputError(f"{s}: has {pl.shape[0]} planes where one channel was expected")
+    shapes = {pl.shape[1:] for pl in planes}
+    if len(shapes) != 1:
+        raise InputError(f"field {spec.stem}: channels differ in size "
+                         f"({', '.join(f'{s.name} {pl.shape[2]}x{pl.shape[1]}' for s, pl in zip(spec.sources, planes))})",
+                         "give every channel of a field the same size")
+    return np.concatenate(planes)
+
+
+def group_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[Field]:
+    """Plan and read every field at once (for small jobs and tests); the first problem raises."""
+    return [Field(spec.stem, read_field(spec, channels), spec.sources) for spec in plan_fields(paths, channels)]
+
+
+def write_tiff(path: Path, image: np.ndarray, channel_names: Optional[Sequence[str]] = None,
+               info: Optional[Dict[str, Any]] = None) -> Path:
+    """(C, H, W) float32 -> multi-page TIFF (ImageJ-compatible hyperstack, one page per channel).
+    `info` (JSON-able: the settings that made the image) goes into the ImageJ "Info" property,
+    which `read_tiff_info` reads back."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    meta = {"axes": "CYX"}
+    meta: Dict[str, Any] = {"axes": "CYX"}
     if channel_names:
         meta["Labels"] = list(channel_names)
+    if info is not None:
+        meta["Info"] = json.dumps(info, sort_keys=True)
     tifffile.imwrite(str(tmp), np.ascontiguousarray(image, dtype=np.float32), imagej=True, metadata=meta)
     tmp.replace(path)  # a crash never leaves a half-written result under the final name
     return path
+
+
+def read_tiff_info(path: Path) -> Optional[Dict[str, Any]]:
+    """The `info` that `write_tiff` recorded, or None (no such file, unreadable, none recorded)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            text = (tf.imagej_metadata or {}).get("Info")
+        return json.loads(text) if text else None
+    except Exception:  # a damaged or foreign file is simply "not ours": it gets redone
+        return None

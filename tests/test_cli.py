@@ -54,7 +54,7 @@ def test_a_bad_field_does_not_stop_the_others(lr_folder, tmp_path, tiny_model_pa
                "--steps", "3", "-q"])
     assert rc == 1
     rows = {r["field"]: r for r in read_summary(out)}
-    assert rows["tiny_B01"]["status"].startswith("error:") and "smaller than one LR tile" in rows["tiny_B01"]["status"]
+    assert rows["tiny_B01"]["status"] == "failed" and "smaller than one LR tile" in rows["tiny_B01"]["reason"]
     assert rows["plate_A01_s1"]["status"] == "ok" and (out / "plate_A01_s1_sr.tif").exists()
     assert not (out / "tiny_B01_sr.tif").exists()
 
@@ -62,11 +62,128 @@ def test_a_bad_field_does_not_stop_the_others(lr_folder, tmp_path, tiny_model_pa
 def test_missing_channel_and_bad_model_messages(lr_folder, tmp_path, tiny_model_path, capsys):
     rc = main(["super-resolve", str(lr_folder / "plate_A01_s1_DNA.tif"), "-o", str(tmp_path / "o"),
                "--model", str(tiny_model_path), "--factor", "8"])
-    assert rc == 2 and "missing channel(s) NFkB" in capsys.readouterr().err
+    assert rc == 1 and "missing channel(s) NFkB" in capsys.readouterr().err  # that field failed
+    assert read_summary(tmp_path / "o")[0]["status"] == "failed"
     junk = tmp_path / "junk.h5"
     junk.write_text("not a model")
     rc = main(["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(tmp_path / "o"), "--model", str(junk)])
     assert rc == 2 and "junk.h5: not an HDF5 file" in capsys.readouterr().err
+
+
+def test_unreadable_and_mismatched_fields_fail_alone(lr_folder, tmp_path, tiny_model_path):
+    """A corrupt TIFF and a field whose channels differ in size, among good fields: the good
+    ones are written, the bad ones are reported with their reason, exit 1."""
+    (lr_folder / "broken_B02_DNA.tif").write_bytes(b"II*\x00 definitely not a tiff")
+    tifffile.imwrite(lr_folder / "broken_B02_NFkB.tif", np.zeros((16, 16), np.uint16))
+    tifffile.imwrite(lr_folder / "odd_B03_DNA.tif", np.zeros((16, 16), np.uint16))
+    tifffile.imwrite(lr_folder / "odd_B03_NFkB.tif", np.zeros((20, 16), np.uint16))
+    (lr_folder / "garbage.tif").write_bytes(b"\x00" * 100)  # no channel token, unreadable
+    out = tmp_path / "sr"
+    files = sorted(str(p) for p in lr_folder.iterdir())
+    rc = main(["super-resolve", *files, "-o", str(out), "--model", str(tiny_model_path), "--factor", "8",
+               "--steps", "2", "-q"])
+    assert rc == 1
+    rows = {r["field"]: r for r in read_summary(out)}
+    assert rows["plate_A01_s1"]["status"] == rows["stack_A02"]["status"] == "ok"
+    assert rows["broken_B02"]["status"] == "failed" and "cannot be read" in rows["broken_B02"]["reason"]
+    assert rows["odd_B03"]["status"] == "failed" and "differ in size" in rows["odd_B03"]["reason"]
+    assert rows["garbage"]["status"] == "failed" and "cannot be read" in rows["garbage"]["reason"]
+    assert {p.name for p in out.glob("*_sr.tif")} == {"plate_A01_s1_sr.tif", "stack_A02_sr.tif"}
+
+
+def test_outputs_record_their_settings_and_resume_skips_only_matching_ones(lr_folder, tmp_path, tiny_model_path,
+                                                                            capsys):
+    from rls_core.io import read_tiff_info
+
+    out = tmp_path / "sr"
+    files = sorted(str(p) for p in lr_folder.iterdir())
+    base = ["super-resolve", *files, "-o", str(out), "--model", str(tiny_model_path), "--factor", "8",
+            "--steps", "2", "-q"]
+    assert main(base) == 0
+    info = read_tiff_info(out / "plate_A01_s1_sr.tif")
+    s = info["settings"]
+    assert s["method"] == "rls" and s["steps"] == 2 and s["seed"] == 0 and s["factor"] == 8
+    assert len(s["model_sha256"]) == 64 and [i["file"] for i in s["inputs"]] == ["plate_A01_s1_DNA.tif",
+                                                                                "plate_A01_s1_NFkB.tif"]
+    before = (out / "plate_A01_s1_sr.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--skip-existing"]) == 0
+    rows = {r["field"]: r for r in read_summary(out)}
+    assert {r["status"] for r in rows.values()} == {"skipped"}
+    assert rows["plate_A01_s1"]["lr_psnr"] == info["result"]["lr_psnr"]  # the recorded result, not blank
+    assert (out / "plate_A01_s1_sr.tif").stat().st_mtime_ns == before
+    # another seed: every field is redone and the summary says why
+    assert main(base + ["--skip-existing", "--seed", "1"]) == 0
+    rows = {r["field"]: r for r in read_summary(out)}
+    assert {r["status"] for r in rows.values()} == {"ok"} and all("seed" in r["reason"] for r in rows.values())
+    assert read_tiff_info(out / "plate_A01_s1_sr.tif")["settings"]["seed"] == 1
+
+
+def test_an_output_path_that_is_a_file_is_refused(lr_folder, tmp_path, tiny_model_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    rc = main(["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(target), "--model",
+               str(tiny_model_path), "--factor", "8", "--steps", "1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a file" in err and "Traceback" not in err
+
+
+def test_a_missing_prior_stops_before_any_field(lr_folder, tmp_path, capsys):
+    from conftest import make_tiny_bundle
+
+    bare = make_tiny_bundle(tmp_path / "bare.h5", with_prior=False)
+    out = tmp_path / "sr"
+    rc = main(["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(out), "--model", str(bare),
+               "--factor", "8", "--steps", "1", "-q"])
+    assert rc == 2 and "fit-prior" in capsys.readouterr().err and not out.exists()
+
+
+def _many_fields(folder: Path, n: int) -> list:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"field{i:02d}.tif"
+        tifffile.imwrite(p, (rng.uniform(0.05, 0.5, (2, 16, 16)) * 65535).astype(np.uint16))
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_interrupted_run_leaves_a_true_summary_and_resumes(tmp_path, tiny_model_path, sig):
+    """Start a real `rls` process, stop it after its first output, rerun with --skip-existing."""
+    import os
+    import signal
+    import time
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    files = _many_fields(lr, 6)
+    out = tmp_path / "sr"
+    cmd = [sys.executable, "-m", "rls_core", "super-resolve", *files, "-o", str(out), "--model",
+           str(tiny_model_path), "--factor", "8", "--steps", "40", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not list(out.glob("*_sr.tif")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted: give it more work"
+    os.kill(proc.pid, getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    done = sorted(p.name for p in out.glob("*_sr.tif"))
+    assert 1 <= len(done) < 6 and not list(out.glob("*.tmp"))  # no half-written file under any name
+    rows = read_summary(out)
+    ok = {r["field"] for r in rows if r["status"] == "ok"}
+    assert {f"{f}_sr.tif" for f in ok} <= set(done)  # the summary never claims what is not there
+    if sig == "SIGINT":  # Ctrl-C: a clean stop, the rest marked
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+        assert {r["status"] for r in rows} <= {"ok", "not run"} and len(rows) == 6
+    # resume: only what is missing runs
+    res = subprocess.run(cmd + ["--skip-existing"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    rows = {r["field"]: r for r in read_summary(out)}
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} <= {"ok", "skipped"}
+    assert {f for f, r in rows.items() if r["status"] == "skipped"} >= {d[:-len("_sr.tif")] for d in done[:-1]}
 
 
 def test_info_and_models(tiny_model_path, capsys):

@@ -1,0 +1,167 @@
+"""`rls super-resolve` over many fields: each field on its own, crash-safe, resumable.
+
+- Each field is read, checked, super-resolved and written on its own; a failure is recorded
+  (status, reason) and the batch goes on.
+- Outputs are written under a temporary name and renamed; `summary.csv` is rewritten
+  atomically after every field, so an interrupted run leaves a true summary.
+- Every output TIFF records the settings that made it (model and its checksum, method, factor,
+  steps, seed, realism, weights, inputs' checksums, package version). With `skip_existing`, a
+  field whose output records the same settings is not run again; any other is redone, and the
+  summary says why.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from . import __version__
+from .errors import InputError, RLSError
+from .io import FieldSpec, read_field, read_tiff_info, write_tiff
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ["field", "status", "reason", "method", "factor", "samples", "model", "lr_psnr",
+                   "converged_fraction", "tiles", "seconds", "output", "inputs"]
+#: statuses in summary.csv
+OK, SKIPPED, FAILED, NOT_RUN = "ok", "skipped", "failed", "not run"
+
+
+@dataclass
+class BatchOptions:
+    """What `super_resolve` is asked to do for every field (the settings an output records)."""
+
+    method: str = "rls"
+    factor: int = 16
+    steps: Optional[int] = None
+    learning_rate: Optional[float] = None
+    samples: int = 1
+    seed: int = 0
+    realism: float = 1.0
+    weights: Dict[str, float] = field(default_factory=dict)
+    p_w: str = "flow"
+    overlap: Optional[int] = None
+    operator: str = "bicubic"
+    refine_steps: int = 0
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def output_settings(model, opts: BatchOptions, spec: FieldSpec, model_sha256: str) -> Dict[str, Any]:
+    """Everything that decides a field's output bytes on a given machine (the batch size does
+    not: per-tile random streams, docs/reproducibility.md)."""
+    return {"package": __version__, "model": model.name, "model_sha256": model_sha256, "accel": model.accel,
+            "field": spec.stem, "inputs": [{"file": s.name, "sha256": file_sha256(s)} for s in spec.sources],
+            **asdict(opts)}
+
+
+def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class Summary:
+    """summary.csv, rewritten atomically after every field."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: List[Dict[str, Any]] = []
+
+    def add(self, row: Dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.write()
+
+    def write(self, pending: Optional[List[Dict[str, Any]]] = None) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.rows + (pending or []))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(buf.getvalue())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise RLSError(f"cannot write {self.path} ({e.strerror or e})",
+                           "choose an output folder you can write to (-o)") from None
+
+
+def prepare_output(out: Path) -> Path:
+    """The output folder, created if needed; a clear error if it cannot be."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output path {out} is a file", "give a folder with -o (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {out} ({e.strerror or e})",
+                         "choose a folder you can write to with -o") from None
+    return out
+
+
+def run_batch(specs: List[FieldSpec], model, opts: BatchOptions, out: Path, batch_size: int = 32,
+              skip_existing: bool = False, progress: bool = True,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Summary:
+    """Super-resolve every planned field into `out`. Ctrl-C writes the summary (the fields not
+    run marked so) and re-raises."""
+    from .api import super_resolve
+
+    out = prepare_output(out)
+    summary = Summary(out / SUMMARY_NAME)
+    path = getattr(model.bundle, "path", None)
+    model_sha = file_sha256(Path(path)) if path and Path(path).is_file() else "unknown"
+    for i, spec in enumerate(specs):
+        t0 = time.perf_counter()
+        sr_path, std_path = out / f"{spec.stem}_sr.tif", out / f"{spec.stem}_sr_std.tif"
+        row: Dict[str, Any] = dict(field=spec.stem, inputs=";".join(str(s) for s in spec.sources),
+                                   method=opts.method, factor=opts.factor, samples=opts.samples, model=model.name)
+        try:
+            settings = output_settings(model, opts, spec, model_sha) if not spec.problem else None
+            if skip_existing and settings is not None:
+                done = read_tiff_info(sr_path)
+                if done is not None and done.get("settings") == settings and \
+                        (opts.samples <= 1 or std_path.is_file()):
+                    row.update(done.get("result", {}), status=SKIPPED, reason="done with the same settings",
+                               output=str(sr_path))
+                    log(f"  {spec.stem}: skipped (done with the same settings)")
+                    summary.add(row)
+                    continue
+                if done is not None:
+                    row["reason"] = "redone: " + ", ".join(_differences(done.get("settings", {}), settings)) + \
+                                    " changed"
+            image = read_field(spec, model.channel_names)
+            res = super_resolve(image, model, opts.factor, opts.method, steps=opts.steps,
+                                learning_rate=opts.learning_rate, samples=opts.samples, seed=opts.seed,
+                                name=spec.stem, realism=opts.realism, weights=opts.weights, p_w=opts.p_w,
+                                overlap=opts.overlap, batch_size=batch_size, operator=opts.operator,
+                                refine_steps=opts.refine_steps, progress=progress)
+            result = dict(lr_psnr=f"{res.lr_psnr:.2f}", converged_fraction=f"{res.converged_fraction:.3f}",
+                          tiles=res.n_tiles, seconds=f"{res.seconds:.2f}")
+            info = {"settings": settings, "result": result}
+            if res.std is not None:  # the std first: an image without its std is never "done"
+                write_tiff(std_path, res.std, res.channel_names, info)
+            write_tiff(sr_path, res.image, res.channel_names, info)
+            row.update(result, status=OK, output=str(sr_path))
+            log(f"  {spec.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "
+                f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s")
+        except KeyboardInterrupt:
+            pending = [dict(field=s.stem, status=NOT_RUN, reason="interrupted", inputs=";".join(map(str, s.sources)))
+                       for s in specs[i:]]
+            summary.write(pending)
+            raise
+        except (ValueError, RuntimeError, OSError) as e:  # one bad field never stops or corrupts the others
+            reason = str(e) if not isinstance(e, OSError) else f"cannot write the output ({e.strerror or e})"
+            row.update(status=FAILED, reason=reason, seconds=f"{time.perf_counter() - t0:.2f}", output="")
+            log(f"  {spec.stem}: FAILED: {reason}")
+        summary.add(row)
+    return summary
