@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .accel import DEFAULT_ACCEL
-from .errors import InputError
+from .errors import InputError, SearchError
 from .methods import DEFAULT_METHOD, get_method, valid_factors
 from .model import LoadedModel, load_model
 from .reconstruct import iter_reconstruct, make_reconstructor
@@ -211,15 +211,20 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
 
     bar = _Progress(f"{method} x{factor} ({len(prep.index)} tiles)", progress, callback)
     blender = Blender(prep.grid, len(m.channel_names), with_std=samples > 1)
-    n_conv = 0
+    n_conv = n_failed = 0
     try:
         for i0, res in iter_reconstruct(recon, prep.tiles, prep.keys, seed, batch_size, bar):
             n_conv += int(res.converged.sum())
+            n_failed += int(res.failed.sum())
             for j in range(res.images.shape[0]):
                 blender.add(prep.index[i0 + j], res.images[j].mean(0),
                             res.images[j].std(0) if samples > 1 else None)
     finally:
         bar.close()
+    if n_failed:
+        raise SearchError(f"the search broke down (NaN or infinite loss) on {n_failed} of "
+                          f"{len(prep.index) * samples} tile searches, so the result cannot be used",
+                          "check the model (`rls info`; a damaged prior is one cause) or lower --lr / the weights")
     return _assemble(m, prep, blender, recon.operator, n_conv / max(len(prep.index) * samples, 1),
                      time.perf_counter() - t0, method, factor, settings)
 

@@ -16,7 +16,9 @@ Intensities: `normalization[c]` maps an image in full-scale units (raw / dtype m
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -139,6 +141,21 @@ def _write_group(h5, name: str, arrays: Dict[str, np.ndarray]) -> Any:
     return g
 
 
+def content_sha256(groups: Dict[str, Optional[Dict[str, np.ndarray]]], meta: Dict[str, str]) -> str:
+    """A checksum of everything a bundle holds (every array as stored, and the metadata), so
+    damage anywhere, flow weights included, is caught on load."""
+    h = hashlib.sha256()
+    for key in sorted(meta):
+        h.update(f"meta/{key}={meta[key]}\n".encode())
+    for gname in sorted(groups):
+        arrays = groups[gname]
+        for key in sorted(arrays or {}):
+            a = np.ascontiguousarray(arrays[key])
+            h.update(f"{gname}/{key}:{a.dtype.str}:{a.shape}\n".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _halved(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     out = {}
     for k, v in arrays.items():
@@ -171,16 +188,23 @@ def save_bundle(bundle: ModelBundle, path: PathLike, half: bool = False) -> Path
         h5.attrs["rls_version"] = __version__
         h5.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         meta = h5.create_group("meta")
-        meta.attrs["generator"] = json.dumps(bundle.generator_config)
-        meta.attrs["channels"] = json.dumps(list(bundle.channel_names))
-        meta.attrs["normalization"] = json.dumps(bundle.normalization)
-        meta.attrs["provenance"] = json.dumps(bundle.provenance, default=str)
-        _write_group(h5, "generator", _halved(bundle.generator_state) if half else bundle.generator_state)
-        if bundle.latent is not None:
-            _write_group(h5, "latent", bundle.latent)
-        if bundle.flow_state is not None:
-            g = _write_group(h5, "flow", _halved(bundle.flow_state) if half else bundle.flow_state)
-            g.attrs["config"] = json.dumps(bundle.flow_config)
+        texts = {"generator": json.dumps(bundle.generator_config), "channels": json.dumps(list(bundle.channel_names)),
+                 "normalization": json.dumps(bundle.normalization),
+                 "provenance": json.dumps(bundle.provenance, default=str)}
+        for k, v in texts.items():
+            meta.attrs[k] = v
+        groups: Dict[str, Optional[Dict[str, np.ndarray]]] = {
+            "generator": _halved(bundle.generator_state) if half else dict(bundle.generator_state),
+            "latent": bundle.latent,
+            "flow": (_halved(bundle.flow_state) if half else dict(bundle.flow_state))
+            if bundle.flow_state is not None else None}
+        for name, arrays in groups.items():
+            if arrays is not None:
+                g = _write_group(h5, name, arrays)
+                if name == "flow":
+                    g.attrs["config"] = json.dumps(bundle.flow_config)
+                    texts["flow_config"] = g.attrs["config"]
+        h5.attrs["content_sha256"] = content_sha256(groups, texts)
     tmp.replace(path)
     bundle.path = path
     return path
@@ -220,6 +244,9 @@ def load_bundle(path: PathLike) -> ModelBundle:
             if "meta" not in h5 or "generator" not in h5:
                 raise BundleError(path, "is missing its 'meta' or 'generator' group", "the file is incomplete")
             meta = h5["meta"]
+            stored_sha = h5.attrs.get("content_sha256")
+            texts = {k: str(meta.attrs[k]) for k in ("generator", "channels", "normalization", "provenance")
+                     if k in meta.attrs}
             bundle = ModelBundle(
                 generator_config=_json_attr(meta, "generator", path),
                 generator_state=_read_group(h5["generator"]),
@@ -232,14 +259,32 @@ def load_bundle(path: PathLike) -> ModelBundle:
                 bundle.latent = _read_group(h5["latent"])
             if "flow" in h5:
                 bundle.flow_state = _read_group(h5["flow"])
-                bundle.flow_config = json.loads(h5["flow"].attrs["config"])
+                texts["flow_config"] = str(h5["flow"].attrs["config"])
+                bundle.flow_config = json.loads(texts["flow_config"])
     except BundleError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise BundleError(path, f"is damaged or truncated ({type(e).__name__}: {e})",
                           "copy or download the file again") from None
+    groups = {"generator": bundle.generator_state, "latent": bundle.latent, "flow": bundle.flow_state}
+    if stored_sha is None:
+        _notice_once(path, "written before bundles carried a checksum; loaded without one "
+                           "(`rls fit-prior` or a retrain writes it)")
+    elif content_sha256(groups, texts) != str(stored_sha):
+        raise BundleError(path, "is damaged: its contents do not match the checksum written with it",
+                          "copy or download the file again, or retrain it")
     _validate(bundle, path)
     return bundle
+
+
+_NOTICED: set = set()
+
+
+def _notice_once(path: Path, text: str) -> None:
+    key = str(Path(path).resolve())
+    if key not in _NOTICED:
+        _NOTICED.add(key)
+        logging.getLogger(__name__).warning("%s: %s", path, text)
 
 
 def _validate(bundle: ModelBundle, path: Path) -> None:
@@ -255,10 +300,38 @@ def _validate(bundle: ModelBundle, path: Path) -> None:
     if len(bundle.normalization) != cfg.img_channels or not all(
             {"low", "high"} <= set(n) and n["high"] > n["low"] for n in bundle.normalization):
         raise BundleError(path, "has an invalid intensity normalization (need low < high per channel)")
-    for k, v in bundle.generator_state.items():
-        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-            raise BundleError(path, f"generator weight '{k}' contains NaN or infinite values",
-                              "the model diverged during training; use an earlier checkpoint")
+    for group, arrays in (("generator", bundle.generator_state), ("latent", bundle.latent),
+                          ("flow", bundle.flow_state)):
+        for k, v in (arrays or {}).items():
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                raise BundleError(path, f"{group} array '{k}' contains NaN or infinite values",
+                                  "the model is damaged or diverged during training; use an earlier checkpoint "
+                                  "or refit its prior (`rls fit-prior`)")
+    if bundle.flow_state is not None:
+        _check_flow_shapes(bundle, path)
+
+
+def _check_flow_shapes(bundle: ModelBundle, path: Path) -> None:
+    """Every flow array has the shape its config implies (a damaged config or array would
+    otherwise surface as a PyTorch error deep inside a search)."""
+    cfg = bundle.flow_config or {}
+    try:
+        d, h, n = int(cfg["dim"]), int(cfg["hidden"]), int(cfg["n_blocks"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(path, f"has an invalid flow config {cfg!r}", "refit its prior (`rls fit-prior`)") from None
+    expected = {"l1.weight": (h, d), "l1.bias": (h,), "l2.weight": (h, h), "l2.bias": (h,),
+                "l3.weight": (2 * d, h), "l3.bias": (2 * d,), "log_gamma": (d,), "beta": (d,),
+                "running_mean": (d,), "running_var": (d,)}
+    for k, v in bundle.flow_state.items():
+        if k.endswith(".mask"):
+            continue
+        parts = k.split(".")
+        if not (len(parts) >= 3 and parts[1].isdigit() and int(parts[1]) < n):
+            raise BundleError(path, f"has an unexpected flow array '{k}' for {n} blocks", "refit its prior")
+        want = expected.get(".".join(parts[2:]))
+        if want is not None and tuple(v.shape) != want:
+            raise BundleError(path, f"flow array '{k}' has shape {tuple(v.shape)}, expected {want}",
+                              "refit its prior (`rls fit-prior`)")
 
 
 def bundle_summary(bundle: ModelBundle) -> str:

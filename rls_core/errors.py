@@ -28,3 +28,7 @@ class InputError(RLSError, ValueError):
 
 class DeviceError(RLSError, RuntimeError):
     """The requested device cannot be used."""
+
+
+class SearchError(RLSError, RuntimeError):
+    """A search broke down (a non-finite loss): its result must not be used."""

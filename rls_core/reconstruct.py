@@ -31,6 +31,7 @@ class TileBatch:
     images: torch.Tensor      # (B, C, R, R)
     lr_psnr: torch.Tensor     # (B,) PSNR of D(HR) against the LR tile, dB
     converged: torch.Tensor   # (B,) bool: the search's best LR L1 is under its threshold
+    failed: Optional[torch.Tensor] = None  # (B,) bool: the search broke down (non-finite loss)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TileResults:
     lr_psnr: np.ndarray       # (N, K)
     converged: np.ndarray     # (N, K) bool
     steps: int                # search steps per tile (0: no search)
+    failed: Optional[np.ndarray] = None  # (N, K) bool: the search broke down (non-finite loss)
 
 
 class Reconstructor:
@@ -120,7 +122,7 @@ class SearchReconstructor(Reconstructor):
                             steps=self.refine_steps, callback=on_refine)
             with torch.no_grad():
                 res.lr_psnr = psnr(self.operator(images), y.to(images.device))
-        return TileBatch(images, res.lr_psnr, res.converged)
+        return TileBatch(images, res.lr_psnr, res.converged, res.failed)
 
 
 def make_reconstructor(model: LoadedModel, method: str, factor: int, operator: str = "bicubic",
@@ -162,9 +164,11 @@ def iter_reconstruct(recon: Reconstructor, tiles: np.ndarray, keys: Sequence[Til
         y = y.repeat_interleave(k, dim=0)  # tile-major: (tile0 s0, tile0 s1, ...)
         out = recon.reconstruct(y, tile_seeds(seed, keys[i0:i0 + per_batch], k), progress=tick)
         images = out.images.detach().float().cpu().numpy()
+        failed = (out.failed.detach().cpu().numpy() if out.failed is not None else np.zeros(b * k, bool))
         yield i0, TileResults(images.reshape(b, k, *images.shape[1:]),
                               out.lr_psnr.detach().cpu().numpy().reshape(b, k),
-                              out.converged.detach().cpu().numpy().reshape(b, k).astype(bool), recon.steps)
+                              out.converged.detach().cpu().numpy().reshape(b, k).astype(bool), recon.steps,
+                              failed.reshape(b, k).astype(bool))
 
 
 def reconstruct_tiles(recon: Reconstructor, tiles: np.ndarray, keys: Sequence[TileKey], seed: int = 0,
@@ -172,4 +176,5 @@ def reconstruct_tiles(recon: Reconstructor, tiles: np.ndarray, keys: Sequence[Ti
     """All of `iter_reconstruct`'s batches in one result (for crops, e.g. `rls evaluate`)."""
     parts = [r for _, r in iter_reconstruct(recon, tiles, keys, seed, batch_size, progress)]
     return TileResults(np.concatenate([r.images for r in parts]), np.concatenate([r.lr_psnr for r in parts]),
-                       np.concatenate([r.converged for r in parts]), recon.steps)
+                       np.concatenate([r.converged for r in parts]), recon.steps,
+                       np.concatenate([r.failed for r in parts]))

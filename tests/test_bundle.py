@@ -70,10 +70,77 @@ def test_future_version(tiny_model_path, tmp_path):
         load_bundle(p)
 
 
+def _reseal(p):
+    """Recompute the checksum after an in-place edit: a file whose contents are wrong but whose
+    checksum matches, as a buggy writer would produce; the semantic checks must catch it."""
+    from rls_core.bundle import _read_group, content_sha256
+
+    with h5py.File(p, "a") as h5:
+        texts = {k: str(h5["meta"].attrs[k]) for k in ("generator", "channels", "normalization", "provenance")}
+        groups = {g: (_read_group(h5[g]) if g in h5 else None) for g in ("generator", "latent", "flow")}
+        if "flow" in h5:
+            texts["flow_config"] = str(h5["flow"].attrs["config"])
+        h5.attrs["content_sha256"] = content_sha256(groups, texts)
+
+
+def test_any_change_without_its_checksum_is_refused(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "edited.h5")
+    with h5py.File(p, "a") as h5:
+        d = h5["flow/mades/0/l2/weight"]
+        d[0, 0] = d[0, 0] + 0.5  # a plausible, finite value: only the checksum can tell
+    with pytest.raises(BundleError, match="edited.h5: is damaged.*checksum"):
+        load_bundle(p)
+
+
+def test_random_bytes_in_the_flow_weights_are_refused(tiny_model_path, tmp_path):
+    """The case from the bug report: bytes overwritten inside the file's flow weights."""
+    p = _copy(tiny_model_path, tmp_path / "noise.h5")
+    with h5py.File(p, "r") as h5:
+        info = h5["flow/mades/1/l2/weight"].id.get_chunk_info(0)  # compressed: one chunk
+    raw = bytearray(p.read_bytes())
+    n = min(64, info.size)
+    raw[info.byte_offset:info.byte_offset + n] = np.random.default_rng(0).bytes(n)
+    p.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="noise.h5"):
+        load_bundle(p)
+
+
+def test_a_bundle_without_a_checksum_loads_with_a_notice(tiny_model_path, tmp_path, caplog):
+    p = _copy(tiny_model_path, tmp_path / "old.h5")
+    with h5py.File(p, "a") as h5:
+        del h5.attrs["content_sha256"]
+    with caplog.at_level("WARNING", logger="rls_core.bundle"):
+        b = load_bundle(p)
+    assert b.has_prior and "without one" in caplog.text
+
+
+@pytest.mark.parametrize("array", ["latent/w_std", "flow/mades/0/l1/bias"])
+def test_nan_anywhere_is_refused(tiny_model_path, tmp_path, array):
+    p = _copy(tiny_model_path, tmp_path / "nan_any.h5")
+    with h5py.File(p, "a") as h5:
+        d = h5[array]
+        d[0] = np.nan
+    _reseal(p)
+    with pytest.raises(BundleError, match="NaN"):
+        load_bundle(p)
+
+
+def test_a_flow_array_of_the_wrong_shape_is_refused(tiny_model_path, tmp_path):
+    p = _copy(tiny_model_path, tmp_path / "shape.h5")
+    with h5py.File(p, "a") as h5:
+        w = h5["flow/mades/0/l2/weight"][()]
+        del h5["flow/mades/0/l2/weight"]
+        h5["flow/mades/0/l2/weight"] = w[:, :-1]
+    _reseal(p)
+    with pytest.raises(BundleError, match="flow array 'mades.0.l2.weight' has shape"):
+        load_bundle(p)
+
+
 def test_missing_weight(tiny_model_path, tmp_path):
     p = _copy(tiny_model_path, tmp_path / "broken.h5")
     with h5py.File(p, "a") as h5:
         del h5["generator/synthesis/const"]
+    _reseal(p)
     b = load_bundle(p)
     with pytest.raises(BundleError, match=r"broken\.h5: generator weights do not match"):
         b.build_generator()
@@ -84,6 +151,7 @@ def test_nan_weights(tiny_model_path, tmp_path):
     with h5py.File(p, "a") as h5:
         d = h5["generator/synthesis/const"]
         d[0, 0, 0] = np.nan
+    _reseal(p)
     with pytest.raises(BundleError, match="NaN"):
         load_bundle(p)
 
@@ -92,6 +160,7 @@ def test_channel_mismatch(tiny_model_path, tmp_path):
     p = _copy(tiny_model_path, tmp_path / "chan.h5")
     with h5py.File(p, "a") as h5:
         h5["meta"].attrs["channels"] = '["DNA"]'
+    _reseal(p)
     with pytest.raises(BundleError, match="1 channel names for a 2-channel"):
         load_bundle(p)
 

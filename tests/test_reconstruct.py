@@ -242,3 +242,24 @@ def test_saved_pipelines_choose_methods_the_table_offers():
     labels = [line.split(":", 1)[1].strip() for p in sorted(root.glob("*.cppipe"))
               for line in p.read_text().splitlines() if line.strip().startswith("Method:")]
     assert labels and set(labels) <= set(MODULE_CHOICES), labels
+
+
+class _NaNFlow(nn.Module):
+    """A flow whose density is NaN, as a damaged prior gives."""
+
+    def forward(self, x):
+        return x * float("nan"), x.new_full((x.shape[0],), float("nan"))
+
+
+def test_a_search_whose_loss_turns_nan_is_a_failure_not_a_result(tiny_model):
+    from rls_core.errors import SearchError
+
+    m = LoadedModel(tiny_model.bundle, "cpu")
+    m._flow = _NaNFlow()
+    recon = make_reconstructor(m, "rls", FACTOR, steps=3)
+    out = reconstruct_tiles(recon, _lr_tiles(2, len(m.channel_names)), [TileKey("f", 0, i) for i in range(2)])
+    assert out.failed.all() and not out.converged.any()
+    with pytest.raises(SearchError, match="broke down"):
+        super_resolve(np.full((2, 8, 8), 0.02, np.float32), m, FACTOR, "rls", steps=3)
+    plain = make_reconstructor(m, "plain", FACTOR, steps=3)  # no flow term: unaffected
+    assert not reconstruct_tiles(plain, _lr_tiles(1, 2), [TileKey("f")]).failed.any()

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..errors import SearchError
 from ..methods import METHODS, get_method
 from ..reconstruct import make_reconstructor, reconstruct_tiles
 from ..seeding import TileKey
@@ -133,6 +134,9 @@ def run_variant(model, lr: np.ndarray, variant: Variant, steps: Optional[int] = 
                                 batch_size, progress=lambda done, total: bar.update(done - bar.n))
     finally:
         bar.close()
+    if out.failed is not None and out.failed.any():
+        raise SearchError(f"{variant.key}: the search broke down (NaN or infinite loss) on "
+                          f"{int(out.failed.sum())} crop searches", "check the model with `rls info`")
     res = VariantResult(variant, out.images.mean(1).astype(np.float32),
                         out.images.std(1).astype(np.float32) if k > 1 else None,
                         out.images.astype(np.float32) if k > 1 else None,

@@ -57,6 +57,7 @@ class SearchResult:
     lr_l1: torch.Tensor           # (B,) mean |D(x) - y| at the best iterate
     lr_psnr: torch.Tensor         # (B,) PSNR of D(x) against y (data range 1)
     converged: torch.Tensor       # (B,) bool: lr_l1 <= threshold
+    failed: Optional[torch.Tensor] = None  # (B,) bool: the loss was NaN or infinite at some step
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))  # mean total loss per step
     noise: Optional[List[torch.Tensor]] = None
 
@@ -136,6 +137,7 @@ class LatentSearch:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.method.schedule, steps))
 
         best_loss = torch.full((n,), float("inf"), device=model.device)
+        failed = torch.zeros(n, dtype=torch.bool, device=model.device)
         best_w = best_img = best_l1 = None
         history = np.zeros(steps, dtype=np.float64)
         for step in range(steps):
@@ -146,6 +148,7 @@ class LatentSearch:
             terms = self.loss_terms(p, w_plus, x_lr, y)
             loss = torch.stack(list(terms.values())).sum(0)  # (B,)
             with torch.no_grad():
+                failed |= ~torch.isfinite(loss.detach())  # e.g. a damaged prior: never "converged"
                 l1 = (x_lr - y).abs().flatten(1).mean(1)
                 if best_w is None:
                     best_w, best_img, best_l1 = w_plus.detach().clone(), x.detach().clone(), l1.clone()
@@ -167,7 +170,7 @@ class LatentSearch:
             lr_psnr = psnr(self.operator(images), y)
         noise = self.noise(p)
         return SearchResult(images=images, w_plus=best_w, lr_l1=best_l1, lr_psnr=lr_psnr,
-                            converged=best_l1 <= converge_l1, loss_history=history,
+                            converged=(best_l1 <= converge_l1) & ~failed, loss_history=history, failed=failed,
                             noise=[t.detach() for t in noise] if noise is not None else None)
 
 
