@@ -115,11 +115,12 @@ References
 import logging
 import os
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy
 
-from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, IMAGE
+from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, COLTYPE_VARCHAR, IMAGE
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import Module
 from cellprofiler_core.setting import Binary, Divider, SettingsGroup, ValidationError
@@ -175,8 +176,13 @@ RLS_PRIOR_DEFAULTS = {k: (METHOD_TABLE.METHODS["rls"].weights[k] if METHOD_TABLE
 
 C_SUPERRESOLVE = "SuperResolveRLS"
 F_LRPSNR, F_CONVERGED, F_SECONDS, F_TILES = "LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles"
+#: per image set: 1 done, 0 failed (with "continue" on failure); why; and what made the numbers
+F_STATUS, F_REASON, F_MODEL, F_CHECKSUM, F_VERSION = "Succeeded", "FailureReason", "Model", "ModelChecksum", "Version"
 FEATURES = ((F_LRPSNR, COLTYPE_FLOAT), (F_CONVERGED, COLTYPE_FLOAT), (F_SECONDS, COLTYPE_FLOAT),
-            (F_TILES, COLTYPE_INTEGER))
+            (F_TILES, COLTYPE_INTEGER), (F_STATUS, COLTYPE_INTEGER), (F_REASON, COLTYPE_VARCHAR),
+            (F_MODEL, COLTYPE_VARCHAR), (F_CHECKSUM, COLTYPE_VARCHAR), (F_VERSION, COLTYPE_VARCHAR))
+
+ON_FAILURE_STOP, ON_FAILURE_CONTINUE = "Stop the analysis", "Continue with blank outputs"
 
 INSTALL_HINT = (
     "Install it into CellProfiler's Python with `pip install -e <SuperResolveRLS folder>` "
@@ -231,6 +237,22 @@ def share_cpu_between_workers(torch) -> None:
 _MODEL_INFO = {}  # type: Dict[Tuple[str, float, int], Tuple[str, List[str], int, bool]]
 
 
+_CHECKSUMS = {}  # type: Dict[Tuple[str, float, int], str]
+
+
+def model_checksum(path: str) -> str:
+    """SHA-256 of a model file (cached while the file is unchanged): each CSV row says which
+    exact model produced it."""
+    import_rls_core()
+    from rls_core.batch import file_sha256
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime, st.st_size)
+    if key not in _CHECKSUMS:
+        _CHECKSUMS[key] = file_sha256(path)
+    return _CHECKSUMS[key]
+
+
 def model_info(path: str) -> Tuple[str, List[str], int, bool]:
     """(name, channel names, tile resolution, has prior) of a bundle, cached on (path, mtime, size).
 
@@ -252,7 +274,7 @@ def model_info(path: str) -> Tuple[str, List[str], int, bool]:
 class SuperResolveRLS(Module):
     module_name = "SuperResolveRLS"
     category = "Image Processing"
-    variable_revision_number = 2
+    variable_revision_number = 3
     doi = {
         "Please cite the RLS paper when using SuperResolveRLS:": "https://arxiv.org/abs/2405.19112",
         "If you use PULSE, also cite:": "https://arxiv.org/abs/2003.03808",
@@ -438,6 +460,21 @@ The results agree closely with float32; docs/performance.md has the
 measured speeds.""",
         )
 
+        self.on_failure = Choice(
+            "When an image set fails", [ON_FAILURE_STOP, ON_FAILURE_CONTINUE], value=ON_FAILURE_STOP,
+            doc="""\
+What happens when an image set cannot be super-resolved (an unreadable or
+mismatched image, NaN pixels, a search that broke down).
+
+-  *%(ON_FAILURE_STOP)s*: the run stops with the error (best while you set
+   up a pipeline).
+-  *%(ON_FAILURE_CONTINUE)s*: the outputs of that image set are blank
+   images, its *SuperResolveRLS_Succeeded* measurement is 0 and
+   *SuperResolveRLS_FailureReason* says why; the run goes on, so a long
+   headless run keeps the rows of every good image set. The shared
+   pipelines use this. Filter on *Succeeded* in your analysis.""" % globals(),
+        )
+
     def settings(self) -> list:
         result = [self.model_choice, self.model_directory, self.model_file, self.channel_count]
         for group in self.channels:
@@ -445,7 +482,7 @@ measured speeds.""",
         result += [self.factor, self.method, self.realism, self.steps, self.samples, self.uncertainty_suffix,
                    self.seed, self.device, self.gpu_memory_share, self.auto_overlap, self.overlap,
                    self.show_advanced, self.lambda_logp, self.lambda_pnorm, self.lambda_cross, self.batch_size,
-                   self.accel]
+                   self.accel, self.on_failure]
         return result
 
     def visible_settings(self) -> list:
@@ -464,6 +501,7 @@ measured speeds.""",
         result += [self.device]
         if self.device.value != DEVICE_CPU:
             result += [self.gpu_memory_share]
+        result += [self.on_failure]
         if self.method_name() != "bicubic":
             result += [self.auto_overlap]
             if not self.auto_overlap.value:
@@ -490,6 +528,9 @@ measured speeds.""",
         if variable_revision_number == 1:
             setting_values = list(setting_values) + [ACCEL_DEFAULT_LABEL]
             variable_revision_number = 2
+        if variable_revision_number == 2:  # 2 -> 3: "When an image set fails", appended (stop, as before)
+            setting_values = list(setting_values) + [ON_FAILURE_STOP]
+            variable_revision_number = 3
         return setting_values, variable_revision_number
 
     # ------------------------------------------------------------------ helpers
@@ -551,7 +592,33 @@ measured speeds.""",
         return "%s_%s_%s" % (C_SUPERRESOLVE, feature, self.output_names()[0])
 
     # ------------------------------------------------------------------ validation
+    def _numbers(self) -> list:
+        """(setting, kind, low, high) of every numeric setting the run uses."""
+        out = [(self.channel_count, int, 1, MAX_CHANNELS), (self.factor, int, 2, 64),
+               (self.realism, float, 0.0, 100.0), (self.steps, int, 1, 100000), (self.samples, int, 1, 64),
+               (self.seed, int, 0, 2 ** 63 - 1), (self.gpu_memory_share, float, 0.1, 1.0),
+               (self.batch_size, int, 1, 4096), (self.overlap, int, 0, 10 ** 6)]
+        if self.show_advanced.value:
+            out += [(s, float, 0.0, 1e6) for s in (self.lambda_logp, self.lambda_pnorm, self.lambda_cross)]
+        return out
+
+    def check_numbers(self) -> None:
+        """Re-check every numeric setting from its text: a hand-edited .cppipe can hold values
+        that CellProfiler would otherwise replace or pass on unchecked (steps 0, realism -1,
+        NaN). Raises ValidationError naming the setting."""
+        for setting, kind, low, high in self._numbers():
+            text = str(setting.value_text).strip()
+            try:
+                value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+            except (TypeError, ValueError, OverflowError):
+                raise ValidationError("'%s' must be %s, got '%s'." % (
+                    setting.text, "a whole number" if kind is int else "a number", text), setting)
+            if not (low <= value <= high):  # also refuses NaN
+                raise ValidationError("'%s' must be between %s and %s, got %s." % (setting.text, low, high, text),
+                                      setting)
+
     def validate_module(self, pipeline) -> None:
+        self.check_numbers()
         if pipeline.volumetric():
             raise ValidationError("SuperResolveRLS works on 2D images only; this pipeline processes 3D stacks.",
                                   self.model_choice)
@@ -613,15 +680,71 @@ measured speeds.""",
             import_rls_core()
         except ImportError as e:
             raise RuntimeError(str(e)) from None
+        try:
+            self.check_numbers()
+        except ValidationError as e:  # a bad setting fails every image set: always stop
+            raise ValueError("SuperResolveRLS: %s" % e.message) from None
+        from rls_core.bundle import BundleError
+        from rls_core.errors import DeviceError, InputError, SearchError
+
+        t0 = time.perf_counter()
+        try:
+            self.run_image_set(workspace)
+        except (BundleError, DeviceError) as e:  # the model or the device: every set would fail, so stop
+            raise ValueError("SuperResolveRLS: %s" % e) from None
+        except (InputError, SearchError, ValueError) as e:  # this image set's own problem
+            if self.on_failure.value != ON_FAILURE_CONTINUE:
+                raise ValueError("SuperResolveRLS: %s" % e) from None
+            LOGGER.warning("SuperResolveRLS: image set %d failed and continues with blank outputs: %s",
+                           workspace.measurements.image_set_number, e)
+            self.add_blank_outputs(workspace, str(e), time.perf_counter() - t0)
+
+    def add_blank_outputs(self, workspace, reason: str, seconds: float) -> None:
+        """Blank images of the expected HR size and a failure record, so later modules and the
+        CSVs keep a row for this image set."""
+        factor = int(self.factor.value)
+        shape = None
+        for g in self.active_channels():
+            try:
+                shape = workspace.image_set.get_image(g.input_image.value).pixel_data.shape[:2]
+                break
+            except Exception:  # the input itself may be what failed; try the next channel
+                continue
+        hr_shape = (shape[0] * factor, shape[1] * factor) if shape else (factor, factor)
+        names = self.output_names() + self.uncertainty_names()
+        for name in names:
+            workspace.image_set.add(name, Image(numpy.zeros(hr_shape, numpy.float32)))
+        self.add_measurements(workspace, {F_LRPSNR: float("nan"), F_CONVERGED: float("nan"), F_SECONDS: seconds,
+                                          F_TILES: 0, F_STATUS: 0, F_REASON: reason[:1000]})
+        if self.show_window:
+            d = workspace.display_data
+            d.failed = reason
+
+    def add_measurements(self, workspace, values: Dict[str, object]) -> None:
+        """The per-image record: the run's figures plus what produced them."""
+        import rls_core
+
+        try:
+            path = self.model_path()
+            checksum = model_checksum(path)
+            model = os.path.splitext(os.path.basename(path))[0]
+        except Exception:  # the model itself may be what failed
+            model, checksum = self.model_reference(), ""
+        values = dict(values)
+        values.setdefault(F_REASON, "")
+        values.update({F_MODEL: model, F_CHECKSUM: checksum, F_VERSION: str(rls_core.__version__)})
+        for feature, value in values.items():
+            workspace.measurements.add_image_measurement(self.feature_name(feature), value)
+
+    def run_image_set(self, workspace) -> None:
         import torch
         from rls_core.api import InputError, super_resolve
-        from rls_core.bundle import BundleError
         from rls_core.model import resolve_device
 
         groups = self.active_channels()
         images = [workspace.image_set.get_image(g.input_image.value, must_be_grayscale=True) for g in groups]
         if any(im.dimensions != 2 for im in images):
-            raise ValueError("SuperResolveRLS: the input images must be 2D; 3D stacks are not supported.")
+            raise InputError("the input images must be 2D; 3D stacks are not supported")
         pixels = [im.pixel_data for im in images]
         lr_mask = None
         if any(im.has_mask for im in images) and len({p.shape for p in pixels}) == 1:
@@ -630,10 +753,7 @@ measured speeds.""",
                 lr_mask = None
 
         method = self.method_name()
-        try:
-            device = resolve_device(DEVICES[self.device.value])
-        except (RuntimeError, ValueError) as e:
-            raise RuntimeError("SuperResolveRLS: %s" % e) from None
+        device = resolve_device(DEVICES[self.device.value])  # DeviceError: stops the run (not this set's fault)
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(float(self.gpu_memory_share.value), device)
         else:
@@ -647,16 +767,14 @@ measured speeds.""",
                 last_logged[0] = pct
                 LOGGER.info("SuperResolveRLS: %d%% of the search done", pct)
 
-        try:
-            result = super_resolve(
-                pixels, self.model_path(), int(self.factor.value), method,
-                steps=int(self.steps.value), samples=int(self.samples.value) if method != "bicubic" else 1,
-                seed=int(self.seed.value), name=self.field_name(workspace, images), device=str(device), realism=float(self.realism.value),
-                weights=self.weights(), overlap=None if self.auto_overlap.value else int(self.overlap.value),
-                batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress,
-                accel=ACCEL_LABELS[self.accel.value])
-        except (InputError, BundleError) as e:
-            raise ValueError("SuperResolveRLS: %s" % e) from None
+        result = super_resolve(
+            pixels, self.model_path(), int(self.factor.value), method,
+            steps=int(self.steps.value), samples=int(self.samples.value) if method != "bicubic" else 1,
+            seed=int(self.seed.value), name=self.field_name(workspace, images), device=str(device),
+            realism=float(self.realism.value), weights=self.weights(),
+            overlap=None if self.auto_overlap.value else int(self.overlap.value),
+            batch_size=int(self.batch_size.value), mask=lr_mask, callback=progress,
+            accel=ACCEL_LABELS[self.accel.value])
 
         hr_shape = result.image.shape[1:]
         hr_mask = result.mask if result.mask is not None else numpy.ones(hr_shape, bool)
@@ -670,11 +788,10 @@ measured speeds.""",
             for c, name in enumerate(unc_names):
                 workspace.image_set.add(name, Image(result.std[c], mask=hr_mask))
 
-        m = workspace.measurements
-        values = {F_LRPSNR: float(result.lr_psnr), F_CONVERGED: float(result.converged_fraction),
-                  F_SECONDS: float(result.seconds), F_TILES: int(result.n_tiles)}
-        for feature, value in values.items():
-            m.add_image_measurement(self.feature_name(feature), value)
+        self.add_measurements(workspace, {F_LRPSNR: float(result.lr_psnr),
+                                          F_CONVERGED: float(result.converged_fraction),
+                                          F_SECONDS: float(result.seconds), F_TILES: int(result.n_tiles),
+                                          F_STATUS: 1})
 
         if self.show_window:
             d = workspace.display_data
@@ -694,6 +811,11 @@ measured speeds.""",
 
     def display(self, workspace, figure) -> None:
         d = workspace.display_data
+        if getattr(d, "failed", None):
+            figure.set_subplots((1, 1))
+            figure.subplot_table(0, 0, [["Failed (continued with blank outputs)", d.failed]],
+                                 col_labels=("Status", "Reason"))
+            return
         n = len(d.sr)
         cols = 3 if d.std is not None else 2
         figure.set_subplots((cols, n + 1))  # table in its own row: fits the default window

@@ -268,8 +268,7 @@ def load_bundle(path: PathLike) -> ModelBundle:
                           "copy or download the file again") from None
     groups = {"generator": bundle.generator_state, "latent": bundle.latent, "flow": bundle.flow_state}
     if stored_sha is None:
-        _notice_once(path, "written before bundles carried a checksum; loaded without one "
-                           "(`rls fit-prior` or a retrain writes it)")
+        _check_against_manifest(path)
     elif content_sha256(groups, texts) != str(stored_sha):
         raise BundleError(path, "is damaged: its contents do not match the checksum written with it",
                           "copy or download the file again, or retrain it")
@@ -278,6 +277,40 @@ def load_bundle(path: PathLike) -> ModelBundle:
 
 
 _NOTICED: set = set()
+#: SHA-256 of every model file shipped so far (current and retired), for bundles written
+#: before bundles carried their own checksum; `sha256sum -c` reads the same file
+MANIFEST = Path(__file__).resolve().parent / "models" / "SHA256SUMS"
+
+
+def shipped_checksums() -> Dict[str, List[str]]:
+    """File name -> the SHA-256 digests it has been shipped with."""
+    out: Dict[str, List[str]] = {}
+    if MANIFEST.is_file():
+        for line in MANIFEST.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and not line.startswith("#"):
+                out.setdefault(parts[1].lstrip("*"), []).append(parts[0])
+    return out
+
+
+def _check_against_manifest(path: Path) -> None:
+    """A bundle without its own checksum: a shipped file must match its published digest
+    (else it is damaged); any other loads with a one-line notice."""
+    known = shipped_checksums()
+    digest = None
+    if path.name in known or any(known.values()):
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    if digest is not None and any(digest in v for v in known.values()):
+        return
+    if path.resolve().parent == MANIFEST.parent and path.name in known:
+        raise BundleError(path, "is damaged: it does not match the checksum it was shipped with "
+                          f"({MANIFEST.name})", "reinstall the package")
+    _notice_once(path, "written before bundles carried a checksum; loaded without one "
+                       "(`rls fit-prior` or a retrain writes it)")
 
 
 def _notice_once(path: Path, text: str) -> None:

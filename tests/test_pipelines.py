@@ -177,6 +177,39 @@ def test_cli_bad_model_fails_clearly(cp, small_lr, tmp_path):
     assert not (tmp_path / "out" / "Translocation_Cells.csv").exists()
 
 
+@pytest.mark.parametrize("on_failure", ["Continue with blank outputs", "Stop the analysis"])
+def test_a_bad_image_set_between_good_ones_keeps_their_rows(cp, tiny_models, small_lr, tmp_path, on_failure):
+    """Headless: a set whose channels differ in size sits between two good sets. "Continue"
+    (the shared pipelines' setting) keeps every good set's CSV rows and flags the bad one;
+    "Stop" ends the run with the error."""
+    import numpy as np
+    import tifffile
+
+    lr = tmp_path / "lr"
+    shutil.copytree(small_lr["translocation"], lr)
+    dna = tifffile.imread(lr / "translocation_DMSO_B02_s1_DNA.tif")
+    tifffile.imwrite(lr / "translocation_DMSO_B02_s5_DNA.tif", dna)
+    tifffile.imwrite(lr / "translocation_DMSO_B02_s5_NFkB.tif", np.ascontiguousarray(dna[:-8]))  # 8 rows short
+    pipe = custom_pipeline(cp, "translocation", tiny_models["translocation"], tmp_path / "sr.cppipe", factor=4,
+                           method="bicubic", on_failure=on_failure)
+    res = run_cli(pipe, lr, tmp_path / "out")
+    if on_failure.startswith("Stop"):
+        assert res.returncode != 0 and "same size" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_rows(tmp_path / "out" / "Translocation_Image.csv")
+    assert len(rows) == 3, [r.get("FileName_DNA_LR") for r in rows]
+    by_site = {r["Metadata_Site"]: r for r in rows}
+    assert by_site["5"]["SuperResolveRLS_Succeeded_DNA"] == "0"
+    assert "same size" in by_site["5"]["SuperResolveRLS_FailureReason_DNA"]
+    for site in ("1",):
+        good = [r for r in rows if r["Metadata_Site"] == site]
+        assert good and all(r["SuperResolveRLS_Succeeded_DNA"] == "1" for r in good)
+        assert all(math.isfinite(float(r["SuperResolveRLS_LRPSNR_DNA"])) for r in good)
+    cells = read_rows(tmp_path / "out" / "Translocation_Cells.csv")
+    assert {r["Metadata_Condition"] for r in cells if finite([r[CSV["translocation"][1]]])} == {"DMSO", "TNFa"}
+
+
 def test_hr_pipelines_show_the_biology(cp, summarize, tmp_path):
     """HR references on the committed examples: TNFa raises the ratio, nocodazole shrinks Golgi spots."""
     for assay in ("translocation", "golgi"):

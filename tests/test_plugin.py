@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_plugin_registered(cp):
 
     cls = get_module_class("SuperResolveRLS")
     assert cls.category == "Image Processing"
-    assert cls.variable_revision_number == 2
+    assert cls.variable_revision_number == 3
     doc = cls.__doc__
     for needle in ("Respects masks?", "2405.19112", "2003.03808", "2012.09967", "1912.04958", "2004.00049"):
         assert needle in doc
@@ -134,20 +135,41 @@ def test_settings_round_trip(cp, tiny_model_path):
     assert m2.uncertainty_names() == []  # no search, no samples
 
 
-def test_revision_1_settings_upgrade_to_float32_acceleration(cp, sr_module):
-    """A pipeline saved before the acceleration setting (revision 1) loads with it at the
-    float32 reference; the module's labels map onto rls_core's modes exactly."""
+def test_older_revisions_upgrade_step_by_step(cp, sr_module):
+    """Revision 1 lacked the acceleration setting (-> float32, the reference), revision 2 the
+    on-failure setting (-> stop, as before); the module's labels map onto rls_core's modes."""
     import sys
 
     from rls_core.accel import ACCEL_MODES
 
     plugin = sys.modules[type(sr_module).__module__]
-
     assert set(plugin.ACCEL_LABELS.values()) == set(ACCEL_MODES)
     current = [s.value_text for s in sr_module.settings()]
-    old = current[:-1]  # revision 1 had everything but the last setting
-    assert sr_module.upgrade_settings(list(old), 1, "SuperResolveRLS") == (old + [plugin.ACCEL_DEFAULT_LABEL], 2)
-    assert sr_module.upgrade_settings(list(current), 2, "SuperResolveRLS") == (current, 2)
+    rev2, rev1 = current[:-1], current[:-2]
+    assert sr_module.upgrade_settings(list(rev1), 1, "SuperResolveRLS") == (
+        rev1 + [plugin.ACCEL_DEFAULT_LABEL, plugin.ON_FAILURE_STOP], 3)
+    assert sr_module.upgrade_settings(list(rev2), 2, "SuperResolveRLS") == (rev2 + [plugin.ON_FAILURE_STOP], 3)
+
+
+def test_a_revision_2_pipeline_file_loads_with_stop_on_failure(cp, tiny_model_path):
+    """A .cppipe saved by the previous release (revision 2, no on-failure line) loads."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    m = make_module(tiny_model_path)
+    m.on_failure.value = "Continue with blank outputs"
+    p = Pipeline()
+    p.add_module(m)
+    buf = io.StringIO()
+    p.dump(buf, save_image_plane_details=False)
+    text = buf.getvalue()
+    assert "variable_revision_number:3" in text and "When an image set fails:Continue" in text
+    old = "\n".join(line for line in text.splitlines() if "When an image set fails" not in line)
+    old = old.replace("variable_revision_number:3", "variable_revision_number:2")
+    p2 = Pipeline()
+    p2.loadtxt(io.StringIO(old))
+    m2 = p2.modules()[0]
+    assert m2.on_failure.value == "Stop the analysis"
+    assert [s.value_text for s in m2.settings()][:-1] == [s.value_text for s in m.settings()][:-1]
 
 
 def test_visible_settings_follow_choices(cp, sr_module):
@@ -247,11 +269,21 @@ def test_run_outputs_shapes_masks_measurements(cp, sr_module):
         assert img.mask.shape == (64, 96) and img.mask.all()
         assert np.isfinite(img.pixel_data).all()
     cols = sr_module.get_measurement_columns(ws.pipeline)
-    assert [c[1] for c in cols] == ["SuperResolveRLS_LRPSNR_DNA", "SuperResolveRLS_ConvergedFraction_DNA",
-                                    "SuperResolveRLS_Seconds_DNA", "SuperResolveRLS_NumberOfTiles_DNA"]
-    for _, feature, _ in cols:
+    numeric = ["SuperResolveRLS_LRPSNR_DNA", "SuperResolveRLS_ConvergedFraction_DNA",
+               "SuperResolveRLS_Seconds_DNA", "SuperResolveRLS_NumberOfTiles_DNA", "SuperResolveRLS_Succeeded_DNA"]
+    text = ["SuperResolveRLS_FailureReason_DNA", "SuperResolveRLS_Model_DNA", "SuperResolveRLS_ModelChecksum_DNA",
+            "SuperResolveRLS_Version_DNA"]
+    assert [c[1] for c in cols] == numeric + text
+    for feature in numeric:
         value = ws.measurements.get_current_image_measurement(feature)
         assert value is not None and math.isfinite(float(value))
+    m = ws.measurements.get_current_image_measurement
+    assert m("SuperResolveRLS_Succeeded_DNA") == 1 and m("SuperResolveRLS_FailureReason_DNA") == ""
+    # which model made these numbers: the file's SHA-256, as `sha256sum` prints it
+    import hashlib
+
+    digest = hashlib.sha256(Path(sr_module.model_path()).read_bytes()).hexdigest()
+    assert m("SuperResolveRLS_ModelChecksum_DNA") == digest and m("SuperResolveRLS_Model_DNA") == "tiny"
     assert ws.measurements.get_current_image_measurement("SuperResolveRLS_NumberOfTiles_DNA") > 0
     assert sr_module.get_categories(ws.pipeline, IMAGE) == ["SuperResolveRLS"]
     assert "LRPSNR" in sr_module.get_measurements(ws.pipeline, IMAGE, "SuperResolveRLS")
@@ -403,3 +435,47 @@ def test_cpu_threads_shared_between_analysis_workers(cp, monkeypatch):
     finally:
         torch.set_num_threads(before)
         prefs.set_max_workers(workers)
+
+
+@pytest.mark.parametrize("line, value, setting", [
+    ("Search steps", "0", "steps"), ("Number of samples (uncertainty)", "0", "samples"),
+    ("Fidelity vs realism", "-1", "realism"), ("Fidelity vs realism", "nan", "realism"),
+    ("Batch size (tiles x samples)", "2.5", "batch_size")])
+def test_out_of_range_settings_in_a_hand_edited_pipeline_are_refused(cp, tiny_model_path, line, value, setting):
+    """CellProfiler may pass such values on; the module re-checks them, in validation and at run time."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    p = Pipeline()
+    p.add_module(make_module(tiny_model_path))
+    buf = io.StringIO()
+    p.dump(buf, save_image_plane_details=False)
+    lines = buf.getvalue().splitlines()
+    idx = [i for i, t in enumerate(lines) if t.strip().startswith(line + ":")]
+    assert len(idx) == 1
+    lines[idx[0]] = lines[idx[0]].split(":", 1)[0] + ":" + value
+    p2 = Pipeline()
+    p2.loadtxt(io.StringIO("\n".join(lines) + "\n"))
+    m = p2.modules()[0]
+    msg, where = validation_message(m)
+    assert msg is not None and line in msg and where is getattr(m, setting)
+    with pytest.raises(ValueError, match="SuperResolveRLS: '%s'" % re.escape(line)):
+        m.run(workspace_for(m, lr_pair()))
+
+
+def test_continue_on_failure_gives_blank_outputs_and_a_reason(cp, sr_module):
+    m = sr_module
+    m.on_failure.value = "Continue with blank outputs"
+    pair = lr_pair()
+    bad = dict(pair, NFkB_LR=pair["NFkB_LR"][:-2])  # channels of different sizes
+    ws = workspace_for(m, bad)
+    m.run(ws)
+    h, w = pair["DNA_LR"].shape
+    f = int(m.factor.value)
+    for name in m.output_names():
+        img = ws.image_set.get_image(name)
+        assert img.pixel_data.shape == (h * f, w * f) and not img.pixel_data.any()
+    get = ws.measurements.get_current_image_measurement
+    assert get("SuperResolveRLS_Succeeded_DNA") == 0 and "same size" in get("SuperResolveRLS_FailureReason_DNA")
+    m.on_failure.value = "Stop the analysis"
+    with pytest.raises(ValueError, match="same size"):
+        m.run(workspace_for(m, bad))
