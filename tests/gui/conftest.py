@@ -69,16 +69,24 @@ def gui_env(display: str, home: Path) -> dict:
     return env
 
 
+def _cannot_run(reason: str):
+    """Skip with the reason, or fail where the GUI tests are required (CI: RLS_GUI_REQUIRED=1,
+    set by scripts/test.sh), so CI never passes without having run them."""
+    if os.environ.get("RLS_GUI_REQUIRED") == "1":
+        pytest.fail("the GUI tests are required here but cannot run: " + reason, pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def gui_available():
     if not shutil.which("Xvfb"):
-        pytest.skip("Xvfb is not installed (run scripts/install_gui.sh, or apt-get install xvfb)")
+        _cannot_run("Xvfb is not installed (run scripts/install_gui.sh, or apt-get install xvfb)")
     python, paths = gui_python()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     probe = subprocess.run([python, "-c", "import wx, appose, cellprofiler, rls_core; print(wx.__version__)"],
                            capture_output=True, text=True, env=env, timeout=120)
     if probe.returncode != 0:
-        pytest.skip("the GUI's Python (%s) cannot import wxPython/appose/CellProfiler/rls_core: run "
+        _cannot_run("the GUI's Python (%s) cannot import wxPython/appose/CellProfiler/rls_core: run "
                     "scripts/install_gui.sh, or set RLS_GUI_PYTHON (%s)"
                     % (python, (probe.stderr.strip().splitlines() or ["?"])[-1]))
     return python

@@ -20,7 +20,8 @@ from .conftest import ADVANCED_LABELS, ARTIFACTS, FACTOR
 pytestmark = pytest.mark.gui
 
 SR = "SuperResolveRLS"
-FEATURES = ("LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles")
+FEATURES = ("LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles", "Succeeded")
+TEXT_FEATURES = ("FailureReason", "Model", "ModelChecksum", "Version")
 #: what a user sees with a custom model, the RLS method and the advanced settings hidden
 BASIC_LABELS = ("Model", "Folder holding the model file", "Model file name", "Number of channels",
                 "Select the LR image for model channel 1", "Select the LR image for model channel 2",
@@ -122,8 +123,10 @@ def test_test_mode_runs_module_and_shows_display(gui_session):
     run = need(gui_session, "test_mode")
     assert run["image_set"] == 1
     assert run["module_errors"] and all(float(v) == 0 for v in run["module_errors"].values()), run["module_errors"]
-    values = {k: float(v) for k, v in run["sr_measurements"].items()}
-    assert set(values) == {"%s_%s_DNA" % (SR, f) for f in FEATURES}
+    measured = run["sr_measurements"]
+    assert set(measured) == {"%s_%s_DNA" % (SR, f) for f in FEATURES + TEXT_FEATURES}
+    values = {"%s_%s_DNA" % (SR, f): float(measured["%s_%s_DNA" % (SR, f)]) for f in FEATURES}
+    assert values["%s_Succeeded_DNA" % SR] == 1 and measured["%s_FailureReason_DNA" % SR] == ""
     assert math.isfinite(values["%s_LRPSNR_DNA" % SR])
     assert values["%s_NumberOfTiles_DNA" % SR] == 9  # 8x8 LR px in 4-px tiles, 1 px overlap
     display = need(gui_session, "display")
@@ -143,10 +146,11 @@ def test_analyze_images_writes_the_module_measurements(gui_session):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2
     columns = [c for c in rows[0] if c.startswith(SR + "_")]
-    assert sorted(columns) == sorted("%s_%s_DNA" % (SR, f) for f in FEATURES)
+    assert sorted(columns) == sorted("%s_%s_DNA" % (SR, f) for f in FEATURES + TEXT_FEATURES)
     assert {r["Metadata_Condition"] for r in rows} == {"DMSO", "TNFa"}
     for row in rows:
         assert math.isfinite(float(row["%s_LRPSNR_DNA" % SR]))
         assert int(float(row["%s_NumberOfTiles_DNA" % SR])) == 9
+        assert row["%s_Succeeded_DNA" % SR] == "1" and len(row["%s_ModelChecksum_DNA" % SR]) == 64
     assert (Path(gui_session["output_dir"]) / "Translocation_Cells.csv").is_file()
     screenshot(gui_session, "after_analysis.png")
