@@ -37,8 +37,16 @@ def test_super_resolve_multichannel_with_uncertainty(lr_folder, tmp_path, tiny_m
     assert rc == 0
     rows = read_summary(out)
     assert {r["field"] for r in rows} == {"plate_A01_s1", "stack_A02"}
+    # the floor a search must beat: the LR consistency of a blank output (all zeros), in the
+    # model's units as lr_psnr is measured; a result no better than blank is garbage
+    from rls_core.model import load_model
+
+    m = load_model(tiny_model_path, "cpu")
+    lr = tifffile.imread(lr_folder / "stack_A02.tif").astype(np.float32) / 65535.0
+    blank_db = -10 * np.log10(np.mean((m.to_unit(lr) - m.to_unit(np.zeros_like(lr))) ** 2))
     for r in rows:
-        assert r["status"] == "ok" and float(r["lr_psnr"]) > 10 and 0 <= float(r["converged_fraction"]) <= 1
+        assert r["status"] == "ok" and float(r["lr_psnr"]) > blank_db + 3, (r["lr_psnr"], blank_db)
+        assert 0 <= float(r["converged_fraction"]) <= 1
         sr = tifffile.imread(out / f"{r['field']}_sr.tif")
         std = tifffile.imread(out / f"{r['field']}_sr_std.tif")
         assert sr.shape == std.shape == (2, 64, 64) and sr.dtype == np.float32
