@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from .errors import InputError, RLSError
@@ -109,15 +109,37 @@ def prepare_output(out: Path) -> Path:
     return out
 
 
+def parse_shard(text: str) -> Tuple[int, int]:
+    """'I/N' (1 <= I <= N) -> (I, N)."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise InputError(f"--shard expects I/N, e.g. 1/4, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise InputError(f"--shard {text}: need 1 <= I <= N")
+    return i, n
+
+
+def shard(specs: List[FieldSpec], i: int, n: int) -> List[FieldSpec]:
+    """Shard I of N of the fields sorted by name (round robin): N tasks cover every field
+    exactly once, whatever order the inputs were given in."""
+    return sorted(specs, key=lambda s: s.stem)[i - 1::n]
+
+
+def summary_name(shard_: Optional[Tuple[int, int]] = None) -> str:
+    """summary.csv, or summary_shardIofN.csv for one task of an array (tasks never share a file)."""
+    return SUMMARY_NAME if shard_ is None else f"summary_shard{shard_[0]}of{shard_[1]}.csv"
+
+
 def run_batch(specs: List[FieldSpec], model, opts: BatchOptions, out: Path, batch_size: int = 32,
-              skip_existing: bool = False, progress: bool = True,
+              skip_existing: bool = False, progress: bool = True, summary_file: str = SUMMARY_NAME,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Summary:
     """Super-resolve every planned field into `out`. Ctrl-C writes the summary (the fields not
     run marked so) and re-raises."""
     from .api import super_resolve
 
     out = prepare_output(out)
-    summary = Summary(out / SUMMARY_NAME)
+    summary = Summary(out / summary_file)
     path = getattr(model.bundle, "path", None)
     model_sha = file_sha256(Path(path)) if path and Path(path).is_file() else "unknown"
     for i, spec in enumerate(specs):

@@ -102,7 +102,7 @@ def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
 
 def cmd_super_resolve(args: argparse.Namespace) -> int:
     from .api import check_factor
-    from .batch import FAILED, NOT_RUN, BatchOptions, prepare_output, run_batch
+    from .batch import FAILED, NOT_RUN, BatchOptions, parse_shard, prepare_output, run_batch, shard, summary_name
     from .io import plan_fields
     from .model import load_model
     from .reconstruct import make_reconstructor
@@ -121,15 +121,46 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise InputError(str(e)) from None
     specs = plan_fields([Path(p) for p in args.inputs], model.channel_names)
+    part = parse_shard(args.shard) if args.shard else None
+    if args.print_commands:
+        return _print_array_commands(args, len(specs))
+    if part is not None:
+        specs = shard(specs, *part)
     out = prepare_output(Path(args.output))
     print(f"model {model.name} ({', '.join(model.channel_names)}) on {model.device}; "
           f"{len(specs)} field(s); method {opts.method} x{opts.factor}", file=sys.stderr)
     summary = run_batch(specs, model, opts, out, batch_size=args.batch_size, skip_existing=args.skip_existing,
-                        progress=not args.quiet)
+                        progress=not args.quiet, summary_file=summary_name(part))
     counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "skipped", FAILED, NOT_RUN)}
     print(f"{counts['ok']} done, {counts['skipped']} skipped (already done), {counts[FAILED]} failed; "
           f"see {summary.path}", file=sys.stderr)
     return EXIT_SOME_FAILED if counts[FAILED] else EXIT_OK
+
+
+def _print_array_commands(args: argparse.Namespace, n_fields: int) -> int:
+    """The N commands of a job array (one shard each), as CellProfiler's --get-batch-commands does."""
+    import shlex
+
+    n = int(args.print_commands)
+    if n < 1:
+        raise InputError(f"--print-commands needs N >= 1, got {n}")
+    argv = [a for a in (args.argv or []) if a]
+    base, skip = [], False
+    for a in argv:  # drop --print-commands N / --shard I/N from the user's command line
+        if skip:
+            skip = False
+            continue
+        if a in ("--print-commands", "--shard"):
+            skip = True
+            continue
+        if a.startswith(("--print-commands=", "--shard=")):
+            continue
+        base.append(a)
+    for i in range(1, n + 1):
+        print(" ".join(shlex.quote(a) for a in ["rls", *base, "--shard", f"{i}/{n}", "--skip-existing"]))
+    print(f"# {n_fields} field(s) in {n} shard(s); afterwards, the same command with --skip-existing and no "
+          "--shard writes the complete summary.csv (and redoes anything missing)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -254,6 +285,11 @@ def _add_super_resolve(sub) -> None:
                    help="how HR maps to LR in the fidelity term (default: %(default)s)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="RLS+ stage: fine-tune generator weights per tile for N steps (default: off)")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="process only shard I of N of the fields (sorted by name, round robin), e.g. in a job "
+                        "array; each shard writes summary_shardIofN.csv")
+    p.add_argument("--print-commands", type=int, metavar="N", default=None,
+                   help="print the N commands of a job array covering these inputs (one --shard each), then stop")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume: skip fields whose output records the same settings (model, inputs, method, "
                         "seed, ...); redo the others and say why")
@@ -324,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_OK
