@@ -149,7 +149,7 @@ def test_plugin_imports_in_cellprofiler42(cp42):
     report = run_check(cp42.with_name("python"), "--cp42")
     info = report["cp42"]
     assert info["cellprofiler_core"] == "4.2.8.1" and info["module_name"] == "SuperResolveRLS"
-    assert info["variable_revision_number"] == 2 and info["n_settings"] > 20
+    assert info["variable_revision_number"] == 3 and info["n_settings"] > 20
 
 
 def test_hr_pipelines_in_cellprofiler42(cp42, summarize, tmp_path):
