@@ -266,7 +266,7 @@ def test_finish_and_cli(data_dir, tmp_path):
 
     parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
     help_text = parser.format_help()
-    assert "s/iteration" in help_text and "example" in help_text and "--resume" in help_text
+    assert "docs/performance.md" in help_text and "example" in help_text and "--resume" in help_text
     out = tmp_path / "cli"
     args = parser.parse_args([str(data_dir), "-o", str(out), "--channels", "DNA,NFkB", "--name", "m",
                               "--resolution", "32", "--preset", "tiny", "--iters", "2", "--batch", "4",
