@@ -92,6 +92,19 @@ Per image set, suffixed with the first output image name (e.g.
    or the model does not fit these images.
 -  *Seconds*: time spent in the search.
 -  *NumberOfTiles*: number of LR tiles super-resolved.
+-  *Succeeded* (1 or 0), *FailureReason*: see *When an image set fails*.
+-  *Warnings*: problems with the input that did not stop the search:
+   a saturated channel (over 1 % of its pixels at the maximum) or a
+   constant one. Check these rows before trusting their numbers.
+-  *Model*, *ModelChecksum*, *Version*: which model file (its SHA-256)
+   and which package version made the numbers.
+
+Intensities: the module takes images as NamesAndTypes gives them (0 to
+1). Values outside 0-1 (CellProfiler 4.2 passes float files through
+unscaled) or NaN fail the image set with the fix: set NamesAndTypes'
+*Set intensity range from* to *Manual* with the camera's maximum. The
+``rls`` command line and Python API scale files by the same rule
+(README, "Intensities").
 
 References
 ^^^^^^^^^^
@@ -139,24 +152,30 @@ MAX_CHANNELS = 4
 
 
 
-def _import_method_table():
-    """rls_core.methods (torch-free): the method choices and their defaults live there.
-    Falls back to the repository holding this plugin; None when rls_core is nowhere, so the
-    module still loads and its validation says how to install it."""
-    try:
-        from rls_core import methods
-    except ImportError:
-        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if not os.path.isdir(os.path.join(repo_root, "rls_core")):
-            return None
-        if repo_root not in sys.path:
-            sys.path.append(repo_root)
-        try:
-            from rls_core import methods
-        except ImportError:
-            return None
-    return methods
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def _import_from_package_or_repo(name: str):
+    """Import `name` (an rls_core module) from the installed package, else from the repository
+    that holds this plugin (a clone used without `pip install`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if not os.path.isdir(os.path.join(REPO_ROOT, "rls_core")) or REPO_ROOT in sys.path:
+            raise
+        sys.path.append(REPO_ROOT)
+        return importlib.import_module(name)
+
+
+def _import_method_table():
+    """rls_core.methods (torch-free): the method choices and their defaults live there. None
+    when rls_core is nowhere, so the module still loads and its validation says how to install it."""
+    try:
+        return _import_from_package_or_repo("rls_core.methods")
+    except ImportError:
+        return None
 
 METHOD_TABLE = _import_method_table()
 #: method choice shown to the user -> rls_core method name (the table's module labels)
@@ -176,10 +195,13 @@ RLS_PRIOR_DEFAULTS = {k: (METHOD_TABLE.METHODS["rls"].weights[k] if METHOD_TABLE
 
 C_SUPERRESOLVE = "SuperResolveRLS"
 F_LRPSNR, F_CONVERGED, F_SECONDS, F_TILES = "LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles"
-#: per image set: 1 done, 0 failed (with "continue" on failure); why; and what made the numbers
-F_STATUS, F_REASON, F_MODEL, F_CHECKSUM, F_VERSION = "Succeeded", "FailureReason", "Model", "ModelChecksum", "Version"
+#: per image set: 1 done, 0 failed (with "continue" on failure); why; warnings about the input
+#: (saturated or constant channels); and what made the numbers
+F_STATUS, F_REASON, F_WARNINGS = "Succeeded", "FailureReason", "Warnings"
+F_MODEL, F_CHECKSUM, F_VERSION = "Model", "ModelChecksum", "Version"
 FEATURES = ((F_LRPSNR, COLTYPE_FLOAT), (F_CONVERGED, COLTYPE_FLOAT), (F_SECONDS, COLTYPE_FLOAT),
             (F_TILES, COLTYPE_INTEGER), (F_STATUS, COLTYPE_INTEGER), (F_REASON, COLTYPE_VARCHAR),
+            (F_WARNINGS, COLTYPE_VARCHAR),
             (F_MODEL, COLTYPE_VARCHAR), (F_CHECKSUM, COLTYPE_VARCHAR), (F_VERSION, COLTYPE_VARCHAR))
 
 ON_FAILURE_STOP, ON_FAILURE_CONTINUE = "Stop the analysis", "Continue with blank outputs"
@@ -191,25 +213,16 @@ INSTALL_HINT = (
 
 
 def import_rls_core():
-    """Import rls_core (and torch through it); fall back to the repository that holds this plugin.
+    """Import rls_core (and torch through it), from the package or this plugin's repository.
 
     Raises ImportError with an installation hint. Done lazily so that a missing dependency
     shows as a validation error instead of a module missing from "Add modules".
     """
     try:
-        import rls_core.api  # noqa: F401
-    except ImportError as first:
-        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if os.path.isdir(os.path.join(repo_root, "rls_core")) and repo_root not in sys.path:
-            sys.path.append(repo_root)
-            try:
-                import rls_core.api  # noqa: F401,F811
-            except ImportError as second:
-                raise ImportError("SuperResolveRLS cannot import rls_core from %s (%s). %s"
-                                  % (repo_root, second, INSTALL_HINT)) from None
-        else:
-            raise ImportError("SuperResolveRLS needs the rls_core package (%s). %s"
-                              % (first, INSTALL_HINT)) from None
+        _import_from_package_or_repo("rls_core.api")
+    except ImportError as e:
+        where = "from %s " % REPO_ROOT if os.path.isdir(os.path.join(REPO_ROOT, "rls_core")) else ""
+        raise ImportError("SuperResolveRLS cannot import rls_core %s(%s). %s" % (where, e, INSTALL_HINT)) from None
     import rls_core
     return rls_core
 
@@ -244,7 +257,7 @@ def model_checksum(path: str) -> str:
     """SHA-256 of a model file (cached while the file is unchanged): each CSV row says which
     exact model produced it."""
     import_rls_core()
-    from rls_core.batch import file_sha256
+    from rls_core.bundle import file_sha256
 
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_mtime, st.st_size)
@@ -732,6 +745,7 @@ mismatched image, NaN pixels, a search that broke down).
             model, checksum = self.model_reference(), ""
         values = dict(values)
         values.setdefault(F_REASON, "")
+        values.setdefault(F_WARNINGS, "")
         values.update({F_MODEL: model, F_CHECKSUM: checksum, F_VERSION: str(rls_core.__version__)})
         for feature, value in values.items():
             workspace.measurements.add_image_measurement(self.feature_name(feature), value)
@@ -791,7 +805,9 @@ mismatched image, NaN pixels, a search that broke down).
         self.add_measurements(workspace, {F_LRPSNR: float(result.lr_psnr),
                                           F_CONVERGED: float(result.converged_fraction),
                                           F_SECONDS: float(result.seconds), F_TILES: int(result.n_tiles),
-                                          F_STATUS: 1})
+                                          F_STATUS: 1, F_WARNINGS: "; ".join(result.warnings)[:1000]})
+        for warning in result.warnings:
+            LOGGER.warning("SuperResolveRLS: image set %d: %s", workspace.measurements.image_set_number, warning)
 
         if self.show_window:
             d = workspace.display_data
@@ -807,7 +823,7 @@ mismatched image, NaN pixels, a search that broke down).
                 ["Converged tiles", "%.0f%%" % (100 * result.converged_fraction)],
                 ["Tiles", str(result.n_tiles)],
                 ["Seconds", "%.1f" % result.seconds],
-            ]
+            ] + [["Warning", w] for w in result.warnings]
 
     def display(self, workspace, figure) -> None:
         d = workspace.display_data

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .accel import DEFAULT_ACCEL
 from .errors import InputError, SearchError
+from .intensity import IntensityRange, check_range, dtype_notes, intensity_warnings, to_full_scale
 from .methods import DEFAULT_METHOD, get_method, valid_factors
 from .model import LoadedModel, load_model
 from .reconstruct import iter_reconstruct, make_reconstructor
@@ -42,9 +43,13 @@ class SRResult:
     model: str
     channel_names: List[str]
     settings: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)  # saturated or constant input channels, ...
 
 
-def _as_channels(image: ImageLike, n_channels: int, names: Sequence[str]) -> np.ndarray:
+def _as_channels(image: ImageLike, n_channels: int, names: Sequence[str],
+                 intensity_range: Optional[IntensityRange] = None) -> Tuple[np.ndarray, List[str]]:
+    """The channels as one (C, h, w) full-scale float32 stack (rls_core.intensity's rule) and
+    notes on how their types were scaled."""
     if isinstance(image, np.ndarray) and image.ndim == 2:
         chans = [image]
     elif isinstance(image, np.ndarray) and image.ndim == 3:
@@ -62,13 +67,8 @@ def _as_channels(image: ImageLike, n_channels: int, names: Sequence[str]) -> np.
     if len(shapes) != 1:
         raise InputError(f"all channels must have the same size, got {sorted(shapes)}; "
                          "resize or crop them to a common size first")
-    arr = np.stack([c.astype(np.float32, copy=False) for c in chans])
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        ch = sorted({names[i] for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
-        raise InputError(f"channel(s) {', '.join(ch)} contain {int(bad.sum())} NaN or infinite pixel(s); "
-                         "fix or mask them before super-resolving")
-    return arr
+    notes = [f"channel {n}: {note}" for c, n in zip(chans, names) for note in dtype_notes(c.dtype, intensity_range)]
+    return np.stack([to_full_scale(c, intensity_range, source=f"channel {n}") for c, n in zip(chans, names)]), notes
 
 
 def check_factor(model: LoadedModel, factor: int) -> int:
@@ -97,8 +97,10 @@ class _Prepared:
 
 
 def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, samples: int, batch_size: int,
-              seed: int, mask: Optional[np.ndarray]) -> np.ndarray:
-    """Check every input before any work; returns the (C, h, w) float32 LR stack."""
+              seed: int, mask: Optional[np.ndarray], intensity_range: Optional[IntensityRange]
+              ) -> Tuple[np.ndarray, List[str]]:
+    """Check every input before any work; returns the (C, h, w) full-scale float32 LR stack and
+    warnings about it."""
     try:
         get_method(method)
         check_seed(seed)
@@ -109,7 +111,7 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, sample
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     tile = check_factor(m, factor)
-    lr_img = _as_channels(image, len(m.channel_names), m.channel_names)
+    lr_img, notes = _as_channels(image, len(m.channel_names), m.channel_names, intensity_range)
     h, w = lr_img.shape[1:]
     if h < tile or w < tile:
         raise InputError(f"the LR image ({h}x{w} px) is smaller than one LR tile ({tile}x{tile} px at {factor}x "
@@ -117,7 +119,7 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, sample
     if mask is not None and np.shape(mask) != (h, w):
         raise InputError(f"the mask is {'x'.join(map(str, np.shape(mask)))} px but the image is {h}x{w}; "
                          "give a mask of the LR image's size")
-    return lr_img
+    return lr_img, notes + intensity_warnings(lr_img, m.channel_names)
 
 
 def _prepare(m: LoadedModel, lr_img: np.ndarray, factor: int, overlap: Optional[int], name: str,
@@ -171,11 +173,13 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
                   operator: str = "bicubic", refine_steps: int = 0, start_spread: Optional[float] = None,
                   converge_l1: float = 0.03, progress: bool = False,
                   callback: Optional[Callable[[int, int], None]] = None,
-                  accel: str = DEFAULT_ACCEL) -> SRResult:
+                  accel: str = DEFAULT_ACCEL, intensity_range: Optional[Sequence[float]] = None) -> SRResult:
     """Super-resolve one LR field.
 
-    image: (C, h, w) array or a list of C 2-D arrays, one per model channel, in full-scale
-        units (raw / dtype max, as CellProfiler gives them).
+    image: (C, h, w) array or a list of C 2-D arrays, one per model channel. Integers are
+        scaled as CellProfiler scales files (uint: / dtype max); floats must already be 0..1
+        (full-scale, as CellProfiler gives them to modules); see rls_core.intensity.
+    intensity_range: (LO, HI) of the raw values instead: (x - LO) / (HI - LO), any dtype.
     model: shipped model name, bundle path, or a LoadedModel.
     factor: upscaling factor; the LR tile is model resolution // factor pixels.
     method: a name from the method table (rls_core.methods.METHOD_NAMES).
@@ -194,20 +198,20 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
     """
     t0 = time.perf_counter()
     m = load_model(model, device, accel=accel)
-    lr_img = _validate(m, image, factor, method, samples, batch_size, seed, mask)
-    spec = get_method(method)
-    samples = samples if spec.search is not None else 1
+    lr_img, warnings = _validate(m, image, factor, method, samples, batch_size, seed, mask,
+                                 check_range(intensity_range))
     try:
-        recon = make_reconstructor(m, method, factor, operator, samples, **(
-            {} if spec.search is None else dict(realism=realism, weights=weights, p_w=p_w, steps=steps,
-                                                learning_rate=learning_rate, start_spread=start_spread,
-                                                refine_steps=refine_steps, converge_l1=converge_l1)))
+        recon = make_reconstructor(m, method, factor, operator, samples, realism=realism, weights=weights,
+                                   p_w=p_w, steps=steps, learning_rate=learning_rate, start_spread=start_spread,
+                                   refine_steps=refine_steps, converge_l1=converge_l1)
     except ValueError as e:
         raise InputError(str(e)) from None
+    samples = recon.samples
     prep = _prepare(m, lr_img, factor, overlap, str(name), mask)
     settings = dict(method=method, factor=factor, steps=recon.steps, samples=samples, seed=seed, name=str(name),
                     realism=realism, weights=weights or {}, p_w=p_w, operator=operator, refine_steps=refine_steps,
-                    batch_size=batch_size, device=str(m.device))
+                    batch_size=batch_size, device=str(m.device),
+                    intensity_range=list(intensity_range) if intensity_range is not None else None)
 
     bar = _Progress(f"{method} x{factor} ({len(prep.index)} tiles)", progress, callback)
     blender = Blender(prep.grid, len(m.channel_names), with_std=samples > 1)
@@ -225,8 +229,10 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
         raise SearchError(f"the search broke down (NaN or infinite loss) on {n_failed} of "
                           f"{len(prep.index) * samples} tile searches, so the result cannot be used",
                           "check the model (`rls info`; a damaged prior is one cause) or lower --lr / the weights")
-    return _assemble(m, prep, blender, recon.operator, n_conv / max(len(prep.index) * samples, 1),
-                     time.perf_counter() - t0, method, factor, settings)
+    result = _assemble(m, prep, blender, recon.operator, n_conv / max(len(prep.index) * samples, 1),
+                       time.perf_counter() - t0, method, factor, settings)
+    result.warnings = warnings
+    return result
 
 
 def _assemble(m: LoadedModel, prep: _Prepared, blender: Blender, op, converged_fraction: float, seconds: float,

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
+import json
 import os
 import sys
 import time
@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
+from .bundle import file_sha256
 from .errors import InputError, RLSError
 from .io import FieldSpec, read_field, read_tiff_info, write_tiff
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ["field", "status", "reason", "method", "factor", "samples", "model", "lr_psnr",
+SUMMARY_COLUMNS = ["field", "status", "reason", "warnings", "method", "factor", "samples", "model", "lr_psnr",
                    "converged_fraction", "tiles", "seconds", "output", "inputs"]
-#: statuses in summary.csv
-OK, SKIPPED, FAILED, NOT_RUN = "ok", "skipped", "failed", "not run"
+#: statuses in summary.csv ("warning": written, but read the warnings column first)
+OK, WARNING, SKIPPED, FAILED, NOT_RUN = "ok", "warning", "skipped", "failed", "not run"
 
 
 @dataclass
@@ -48,22 +49,16 @@ class BatchOptions:
     overlap: Optional[int] = None
     operator: str = "bicubic"
     refine_steps: int = 0
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    intensity_range: Optional[Tuple[float, float]] = None  # raw (LO, HI) -> 0..1; None: by file type
 
 
 def output_settings(model, opts: BatchOptions, spec: FieldSpec, model_sha256: str) -> Dict[str, Any]:
     """Everything that decides a field's output bytes on a given machine (the batch size does
     not: per-tile random streams, docs/reproducibility.md)."""
-    return {"package": __version__, "model": model.name, "model_sha256": model_sha256, "accel": model.accel,
-            "field": spec.stem, "inputs": [{"file": s.name, "sha256": file_sha256(s)} for s in spec.sources],
-            **asdict(opts)}
+    settings = {"package": __version__, "model": model.name, "model_sha256": model_sha256, "accel": model.accel,
+                "field": spec.stem, "inputs": [{"file": s.name, "sha256": file_sha256(s)} for s in spec.sources],
+                **asdict(opts)}
+    return json.loads(json.dumps(settings))  # as it reads back from a TIFF (tuples become lists)
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
@@ -161,21 +156,24 @@ def run_batch(specs: List[FieldSpec], model, opts: BatchOptions, out: Path, batc
                 if done is not None:
                     row["reason"] = "redone: " + ", ".join(_differences(done.get("settings", {}), settings)) + \
                                     " changed"
-            image = read_field(spec, model.channel_names)
+            image, notes = read_field(spec, model.channel_names, opts.intensity_range)
             res = super_resolve(image, model, opts.factor, opts.method, steps=opts.steps,
                                 learning_rate=opts.learning_rate, samples=opts.samples, seed=opts.seed,
                                 name=spec.stem, realism=opts.realism, weights=opts.weights, p_w=opts.p_w,
                                 overlap=opts.overlap, batch_size=batch_size, operator=opts.operator,
                                 refine_steps=opts.refine_steps, progress=progress)
+            warnings = notes + res.warnings
             result = dict(lr_psnr=f"{res.lr_psnr:.2f}", converged_fraction=f"{res.converged_fraction:.3f}",
-                          tiles=res.n_tiles, seconds=f"{res.seconds:.2f}")
+                          tiles=res.n_tiles, seconds=f"{res.seconds:.2f}", warnings="; ".join(warnings))
             info = {"settings": settings, "result": result}
             if res.std is not None:  # the std first: an image without its std is never "done"
                 write_tiff(std_path, res.std, res.channel_names, info)
             write_tiff(sr_path, res.image, res.channel_names, info)
-            row.update(result, status=OK, output=str(sr_path))
+            row.update(result, status=WARNING if warnings else OK, output=str(sr_path))
             log(f"  {spec.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "
                 f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s")
+            for w in warnings:
+                log(f"  {spec.stem}: WARNING: {w}")
         except KeyboardInterrupt:
             pending = [dict(field=s.stem, status=NOT_RUN, reason="interrupted", inputs=";".join(map(str, s.sources)))
                        for s in specs[i:]]

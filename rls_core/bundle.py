@@ -293,18 +293,20 @@ def shipped_checksums() -> Dict[str, List[str]]:
     return out
 
 
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, as `sha256sum` prints it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _check_against_manifest(path: Path) -> None:
     """A bundle without its own checksum: a shipped file must match its published digest
     (else it is damaged); any other loads with a one-line notice."""
     known = shipped_checksums()
-    digest = None
-    if path.name in known or any(known.values()):
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    if digest is not None and any(digest in v for v in known.values()):
+    if known and any(file_sha256(path) in digests for digests in known.values()):
         return
     if path.resolve().parent == MANIFEST.parent and path.name in known:
         raise BundleError(path, "is damaged: it does not match the checksum it was shipped with "

@@ -32,15 +32,21 @@ SR_EPILOG = """\
 inputs:
   Multi-channel fields come as one file per channel whose names differ only by the
   model's channel name as a token (plate_A01_DNA.tif + plate_A01_NFkB.tif), or as one
-  multi-page TIFF with the channels in the model's order. Integer images are read as
-  raw / dtype max (as CellProfiler does); float images are taken as 0..1.
+  multi-page TIFF with the channels in the model's order.
+
+intensities (as CellProfiler's NamesAndTypes with "Image bit-depth"; README has the table):
+  unsigned integers are divided by their type's maximum (uint16: 65535); signed integers are
+  shifted so 0 becomes 0.5 (a warning says so); floats must already be 0..1. Raw counts in
+  another range: --intensity-range LO,HI (e.g. 0,4095 for 12-bit). NaN/Inf or values outside
+  0..1 fail the field with the fix; saturated (> 1 % at the maximum) or constant channels
+  run with status "warning" and the reason in summary.csv.
 
 outputs (in OUTDIR):
   <stem>_sr.tif       HR field, one page per channel, float32, same intensity units; its
                       ImageJ "Info" property records the settings that made it
   <stem>_sr_std.tif   per-pixel standard deviation over --samples (only when K > 1)
-  summary.csv         one row per field: status (ok / skipped / failed / not run), reason,
-                      method, factor, lr_psnr (dB), converged fraction, seconds; rewritten
+  summary.csv         one row per field: status (ok / warning / skipped / failed / not run),
+                      reason, warnings, method, factor, lr_psnr (dB), converged fraction, seconds; rewritten
                       after every field, so an interrupted run leaves a true summary
 
 resume: rerun the same command with --skip-existing: fields whose output records the same
@@ -66,7 +72,7 @@ speed: a search costs (tiles x samples x steps) generator passes; try a small cr
 --steps 100 first. docs/performance.md has measured figures; benchmarks/search_speed.py
 prints them for your machine.
 
-exit codes: 0 every field done, 1 some fields failed (summary.csv says which),
+exit codes: 0 every field done (with or without warnings), 1 some fields failed (summary.csv says which),
 2 nothing could run (usage, model, device).
 """
 
@@ -102,7 +108,9 @@ def _parse_weights(items: Optional[List[str]]) -> Dict[str, float]:
 
 def cmd_super_resolve(args: argparse.Namespace) -> int:
     from .api import check_factor
-    from .batch import FAILED, NOT_RUN, BatchOptions, parse_shard, prepare_output, run_batch, shard, summary_name
+    from .batch import (FAILED, NOT_RUN, OK, SKIPPED, WARNING, BatchOptions, parse_shard, prepare_output, run_batch,
+                        shard, summary_name)
+    from .intensity import parse_intensity_range
     from .io import plan_fields
     from .model import load_model
     from .reconstruct import make_reconstructor
@@ -111,13 +119,13 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     opts = BatchOptions(method=args.method, factor=args.factor, steps=args.steps, learning_rate=args.lr,
                         samples=args.samples, seed=args.seed, realism=args.realism,
                         weights=_parse_weights(args.weight), p_w=args.p_w, overlap=args.overlap,
-                        operator=args.operator, refine_steps=args.refine_steps)
+                        operator=args.operator, refine_steps=args.refine_steps,
+                        intensity_range=parse_intensity_range(args.intensity_range))
     # Settings that no field could run with stop here (exit 2), before any output is written.
     check_factor(model, opts.factor)
     try:
-        make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples,
-                           **({} if opts.method == "bicubic" else dict(
-                               realism=opts.realism, weights=opts.weights, p_w=opts.p_w, steps=opts.steps)))
+        make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples, realism=opts.realism,
+                           weights=opts.weights, p_w=opts.p_w, steps=opts.steps)
     except ValueError as e:
         raise InputError(str(e)) from None
     specs = plan_fields([Path(p) for p in args.inputs], model.channel_names)
@@ -131,9 +139,9 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
           f"{len(specs)} field(s); method {opts.method} x{opts.factor}", file=sys.stderr)
     summary = run_batch(specs, model, opts, out, batch_size=args.batch_size, skip_existing=args.skip_existing,
                         progress=not args.quiet, summary_file=summary_name(part))
-    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "skipped", FAILED, NOT_RUN)}
-    print(f"{counts['ok']} done, {counts['skipped']} skipped (already done), {counts[FAILED]} failed; "
-          f"see {summary.path}", file=sys.stderr)
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in (OK, WARNING, SKIPPED, FAILED, NOT_RUN)}
+    print(f"{counts[OK] + counts[WARNING]} done ({counts[WARNING]} with warnings), {counts[SKIPPED]} skipped "
+          f"(already done), {counts[FAILED]} failed; see {summary.path}", file=sys.stderr)
     return EXIT_SOME_FAILED if counts[FAILED] else EXIT_OK
 
 
@@ -285,6 +293,8 @@ def _add_super_resolve(sub) -> None:
                    help="how HR maps to LR in the fidelity term (default: %(default)s)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="RLS+ stage: fine-tune generator weights per tile for N steps (default: off)")
+    p.add_argument("--intensity-range", metavar="LO,HI", default=None,
+                   help="raw values LO..HI map to 0..1, for any file type (default: by type, as CellProfiler)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="process only shard I of N of the fields (sorted by name, round robin), e.g. in a job "
                         "array; each shard writes summary_shardIofN.csv")

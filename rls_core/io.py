@@ -1,7 +1,7 @@
 """Reading LR fields and writing HR results (TIFF via tifffile, PNG via imageio).
 
-Intensities are handled in *full-scale* units (raw / dtype max), the 0..1 values that
-CellProfiler hands to modules, so the CLI and the plugin feed the model identically.
+Pixels are scaled to 0..1 by the one rule in `rls_core.intensity` (CellProfiler's), so the CLI
+and the module feed the model identically.
 """
 from __future__ import annotations
 
@@ -10,36 +10,18 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import InputError
+from .intensity import IntensityRange, dtype_notes, to_full_scale
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-@dataclass
-class Field:
-    """One multi-channel LR input: its channels (C, h, w) in full-scale units and a stem
-    used to name the outputs."""
-
-    stem: str
-    image: np.ndarray
-    sources: List[Path]
-
-
-def to_full_scale(arr: np.ndarray) -> np.ndarray:
-    """Integer images -> raw / dtype max; float images are taken as already 0..1."""
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-    return arr.astype(np.float32)
-
-
-def read_planes(path: Path) -> np.ndarray:
-    """A file -> (planes, h, w) array in full-scale units (RGB(A) and multi-page become planes)."""
+def _read_raw(path: Path) -> np.ndarray:
+    """A file's pixels as stored (ValueError says why it cannot be read)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -57,15 +39,26 @@ def read_planes(path: Path) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.size == 0 or arr.ndim < 2:
         raise ValueError(f"{path}: cannot be read as an image (no pixel data: a damaged or truncated file?)")
-    arr = to_full_scale(arr)
+    return arr
+
+
+def _as_planes(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(h, w), (planes, h, w) or channels-last (h, w, <=4) -> (planes, h, w)."""
     if arr.ndim == 2:
         return arr[None]
     if arr.ndim == 3:
         # channels-last small last axis (RGB/RGBA PNG, YXC TIFF) -> CYX
-        if arr.shape[-1] <= 4 and arr.shape[0] > 4:
-            arr = np.moveaxis(arr, -1, 0)
-        return arr
+        return np.moveaxis(arr, -1, 0) if (arr.shape[-1] <= 4 and arr.shape[0] > 4) else arr
     raise ValueError(f"{path}: expected a 2-D image or a channel stack, got shape {arr.shape}")
+
+
+def read_planes(path: Path, intensity_range: Optional[IntensityRange] = None) -> Tuple[np.ndarray, List[str]]:
+    """A file -> ((planes, h, w) float32 in 0..1, notes on its scaling). RGB(A) and multi-page
+    files become planes. InputError if its values cannot be scaled into 0..1 (rls_core.intensity)."""
+    path = Path(path)
+    raw = _as_planes(_read_raw(path), path)
+    notes = [f"{path.name}: {n}" for n in dtype_notes(raw.dtype, intensity_range)]
+    return to_full_scale(raw, intensity_range, source=str(path)), notes
 
 
 def _channel_token(stem: str, channels: Sequence[str]) -> Optional[str]:
@@ -101,7 +94,7 @@ def _plane_count(path: Path) -> int:
         if len(shape) == 3:
             return shape[-1] if (shape[-1] <= 4 and shape[0] > 4) else shape[0]
         raise ValueError(f"{path}: expected a 2-D image or a channel stack, got shape {shape}")
-    return read_planes(path).shape[0]
+    return _as_planes(_read_raw(path), path).shape[0]
 
 
 def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpec]:
@@ -166,16 +159,20 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
     return specs
 
 
-def read_field(spec: FieldSpec, channels: Sequence[str]) -> np.ndarray:
-    """The (C, h, w) full-scale image of one planned field; InputError says what is wrong."""
+def read_field(spec: FieldSpec, channels: Sequence[str],
+               intensity_range: Optional[IntensityRange] = None) -> Tuple[np.ndarray, List[str]]:
+    """The (C, h, w) 0..1 image of one planned field and notes on its scaling; InputError
+    says what is wrong."""
     if spec.problem:
         raise InputError(spec.problem)
     try:
-        if len(spec.sources) == 1 and len(channels) > 1:
-            return read_planes(spec.sources[0])
-        planes = [read_planes(s) for s in spec.sources]
+        read = [read_planes(s, intensity_range) for s in spec.sources]
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
+    notes = [n for _, ns in read for n in ns]
+    planes = [pl for pl, _ in read]
+    if len(spec.sources) == 1 and len(channels) > 1:
+        return planes[0], notes
     for s, pl in zip(spec.sources, planes):
         if pl.shape[0] != 1:
             raise InputError(f"{s}: has {pl.shape[0]} planes where one channel was expected")
@@ -184,12 +181,7 @@ def read_field(spec: FieldSpec, channels: Sequence[str]) -> np.ndarray:
         raise InputError(f"field {spec.stem}: channels differ in size "
                          f"({', '.join(f'{s.name} {pl.shape[2]}x{pl.shape[1]}' for s, pl in zip(spec.sources, planes))})",
                          "give every channel of a field the same size")
-    return np.concatenate(planes)
-
-
-def group_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[Field]:
-    """Plan and read every field at once (for small jobs and tests); the first problem raises."""
-    return [Field(spec.stem, read_field(spec, channels), spec.sources) for spec in plan_fields(paths, channels)]
+    return np.concatenate(planes), notes
 
 
 def write_tiff(path: Path, image: np.ndarray, channel_names: Optional[Sequence[str]] = None,

@@ -128,8 +128,8 @@ class SearchReconstructor(Reconstructor):
 def make_reconstructor(model: LoadedModel, method: str, factor: int, operator: str = "bicubic",
                        samples: int = 1, **options) -> Reconstructor:
     """The reconstructor of a table method. `options` are SearchReconstructor's (realism,
-    weights, p_w, steps, learning_rate, start_spread, refine_steps, converge_l1); bicubic
-    takes none of them."""
+    weights, p_w, steps, learning_rate, start_spread, refine_steps, converge_l1); a method
+    without a search (bicubic) has nothing they could change, so it ignores them."""
     spec = get_method(method)
     op = make_operator(operator, factor).to(model.device)
     if spec.search is None:

@@ -114,26 +114,32 @@ def test_a_bundle_without_a_checksum_loads_with_a_notice(tiny_model_path, tmp_pa
     assert b.has_prior and "without one" in caplog.text
 
 
+def _resealed_edit(src, dest, edit):
+    """A copy of `src` changed by `edit(h5)` and resealed (see _reseal)."""
+    p = _copy(src, dest)
+    with h5py.File(p, "a") as h5:
+        edit(h5)
+    _reseal(p)
+    return p
+
+
 @pytest.mark.parametrize("array", ["latent/w_std", "flow/mades/0/l1/bias"])
 def test_nan_anywhere_is_refused(tiny_model_path, tmp_path, array):
-    p = _copy(tiny_model_path, tmp_path / "nan_any.h5")
-    with h5py.File(p, "a") as h5:
-        d = h5[array]
-        d[0] = np.nan
-    _reseal(p)
+    def put_nan(h5):
+        h5[array][0] = np.nan
+
     with pytest.raises(BundleError, match="NaN"):
-        load_bundle(p)
+        load_bundle(_resealed_edit(tiny_model_path, tmp_path / "nan_any.h5", put_nan))
 
 
 def test_a_flow_array_of_the_wrong_shape_is_refused(tiny_model_path, tmp_path):
-    p = _copy(tiny_model_path, tmp_path / "shape.h5")
-    with h5py.File(p, "a") as h5:
+    def narrow(h5):
         w = h5["flow/mades/0/l2/weight"][()]
         del h5["flow/mades/0/l2/weight"]
         h5["flow/mades/0/l2/weight"] = w[:, :-1]
-    _reseal(p)
+
     with pytest.raises(BundleError, match="flow array 'mades.0.l2.weight' has shape"):
-        load_bundle(p)
+        load_bundle(_resealed_edit(tiny_model_path, tmp_path / "shape.h5", narrow))
 
 
 def test_missing_weight(tiny_model_path, tmp_path):

@@ -24,7 +24,7 @@ from rls_core.bundle import load_bundle, save_bundle
 from rls_core.importers import (FORMAT_NVLABS, FORMAT_ROSINALITY, ImportErrorRLS, UnsafeCheckpointError,
                                 import_checkpoint, load_generator)
 from rls_core.importers.nvlabs import convert_snapshot
-from rls_core.importers.safe_pickle import ALLOWED_GLOBALS, InertPersistentObject, iter_inert, safe_loads
+from rls_core.importers.safe_pickle import ALLOWED_GLOBALS, InertPersistentObject, safe_loads
 
 TOL = 1e-4  # float32 re-implementation; measured differences are ~1e-6
 

@@ -270,7 +270,7 @@ def test_run_outputs_shapes_masks_measurements(cp, sr_module):
     cols = sr_module.get_measurement_columns(ws.pipeline)
     numeric = ["SuperResolveRLS_LRPSNR_DNA", "SuperResolveRLS_ConvergedFraction_DNA",
                "SuperResolveRLS_Seconds_DNA", "SuperResolveRLS_NumberOfTiles_DNA", "SuperResolveRLS_Succeeded_DNA"]
-    text = ["SuperResolveRLS_FailureReason_DNA", "SuperResolveRLS_Model_DNA", "SuperResolveRLS_ModelChecksum_DNA",
+    text = ["SuperResolveRLS_FailureReason_DNA", "SuperResolveRLS_Warnings_DNA", "SuperResolveRLS_Model_DNA", "SuperResolveRLS_ModelChecksum_DNA",
             "SuperResolveRLS_Version_DNA"]
     assert [c[1] for c in cols] == numeric + text
     for feature in numeric:
@@ -278,6 +278,7 @@ def test_run_outputs_shapes_masks_measurements(cp, sr_module):
         assert value is not None and math.isfinite(float(value))
     m = ws.measurements.get_current_image_measurement
     assert m("SuperResolveRLS_Succeeded_DNA") == 1 and m("SuperResolveRLS_FailureReason_DNA") == ""
+    assert m("SuperResolveRLS_Warnings_DNA") == ""
     # which model made these numbers: the file's SHA-256, as `sha256sum` prints it
     import hashlib
 
@@ -356,6 +357,8 @@ def test_run_bicubic_method(cp, tiny_model_path):
     ("sizes", "same size"),
     ("small", "smaller than one LR tile"),
     ("channels", "expects 2 channel(s) (DNA, NFkB), got 1"),
+    # CellProfiler 4.2 hands float files over unscaled: raw counts must not be clipped silently
+    ("counts", "values from 0 to 3000"),
 ])
 def test_run_time_errors_are_clear(cp, tiny_model_path, case, needle):
     images = lr_pair((8, 8))
@@ -368,10 +371,26 @@ def test_run_time_errors_are_clear(cp, tiny_model_path, case, needle):
         images = lr_pair((3, 8))
     elif case == "channels":
         m = make_module(tiny_model_path, channels=("DNA_LR",), outputs=("DNA",))
+    elif case == "counts":
+        images["NFkB_LR"] = np.round(images["NFkB_LR"] / images["NFkB_LR"].max() * 3000)
+        images["NFkB_LR"][0, 0] = 0.0
     ws = workspace_for(m, images)
     with pytest.raises(ValueError) as err:
         m.run(ws)
     assert str(err.value).startswith("SuperResolveRLS: ") and needle in str(err.value)
+    if case == "counts":
+        assert "Manual" in str(err.value)
+
+
+def test_a_saturated_channel_runs_with_a_warning_measurement(cp, tiny_model_path):
+    images = lr_pair((8, 8))
+    images["DNA_LR"][:2] = 1.0  # 25 % of the pixels at the top of the range
+    m = make_module(tiny_model_path, steps=2)
+    ws = workspace_for(m, images)
+    m.run(ws)
+    get = ws.measurements.get_current_image_measurement
+    assert get("SuperResolveRLS_Succeeded_DNA") == 1
+    assert "channel DNA is saturated (25.0 % of pixels" in get("SuperResolveRLS_Warnings_DNA")
 
 
 def test_display_draws_every_panel(cp, tiny_model_path):

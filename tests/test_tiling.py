@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from rls_core.api import super_resolve
 from rls_core.tiling import Blender, blend_profile, make_grid, pad_field

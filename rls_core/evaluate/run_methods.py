@@ -122,9 +122,8 @@ def run_variant(model, lr: np.ndarray, variant: Variant, steps: Optional[int] = 
                                      float(z["seconds"]), int(z["steps"]), cached=True)
         except (OSError, KeyError, ValueError):
             pass  # unreadable or stale: recompute
-    spec = get_method(variant.method)
-    options = {} if spec.search is None else dict(realism=variant.realism, steps=steps)
-    recon = make_reconstructor(model, variant.method, variant.factor, operator, k, **options)
+    recon = make_reconstructor(model, variant.method, variant.factor, operator, k, realism=variant.realism,
+                               steps=steps)
     k = recon.samples
     bar = tqdm(total=n * k * recon.work_per_tile, desc=f"{variant.key} ({n} crops)", unit="tile-step",
                disable=not progress, leave=False)
