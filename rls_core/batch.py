@@ -126,62 +126,92 @@ def summary_name(shard_: Optional[Tuple[int, int]] = None) -> str:
     return SUMMARY_NAME if shard_ is None else f"summary_shard{shard_[0]}of{shard_[1]}.csv"
 
 
+@dataclass
+class FieldJob:
+    """What one field's run needs besides the model: picklable, so a Dask worker gets file
+    paths and settings, never arrays."""
+
+    spec: FieldSpec
+    opts: BatchOptions
+    out: Path
+    model_sha256: str
+    batch_size: int = 32
+    skip_existing: bool = False
+    progress: bool = False
+
+
+def model_sha256_of(model) -> str:
+    path = getattr(model.bundle, "path", None)
+    return file_sha256(Path(path)) if path and Path(path).is_file() else "unknown"
+
+
+def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
+              ) -> Dict[str, Any]:
+    """Read, check, super-resolve and write one field; its summary row. A problem of this field
+    (bad file, bad values, a search that broke down, a write error) becomes a "failed" row;
+    only KeyboardInterrupt escapes."""
+    from .api import super_resolve
+
+    spec, opts, out = job.spec, job.opts, Path(job.out)
+    t0 = time.perf_counter()
+    sr_path, std_path = out / f"{spec.stem}_sr.tif", out / f"{spec.stem}_sr_std.tif"
+    row: Dict[str, Any] = dict(field=spec.stem, inputs=";".join(str(s) for s in spec.sources),
+                               method=opts.method, factor=opts.factor, samples=opts.samples, model=model.name)
+    try:
+        settings = output_settings(model, opts, spec, job.model_sha256) if not spec.problem else None
+        if job.skip_existing and settings is not None:
+            done = read_tiff_info(sr_path)
+            if done is not None and done.get("settings") == settings and \
+                    (opts.samples <= 1 or std_path.is_file()):
+                row.update(done.get("result", {}), status=SKIPPED, reason="done with the same settings",
+                           output=str(sr_path))
+                log(f"  {spec.stem}: skipped (done with the same settings)")
+                return row
+            if done is not None:
+                row["reason"] = "redone: " + ", ".join(_differences(done.get("settings", {}), settings)) + \
+                                " changed"
+        image, notes = read_field(spec, model.channel_names, opts.intensity_range)
+        res = super_resolve(image, model, opts.factor, opts.method, steps=opts.steps,
+                            learning_rate=opts.learning_rate, samples=opts.samples, seed=opts.seed,
+                            name=spec.stem, realism=opts.realism, weights=opts.weights, p_w=opts.p_w,
+                            overlap=opts.overlap, batch_size=job.batch_size, operator=opts.operator,
+                            refine_steps=opts.refine_steps, progress=job.progress)
+        warnings = notes + res.warnings
+        result = dict(lr_psnr=f"{res.lr_psnr:.2f}", converged_fraction=f"{res.converged_fraction:.3f}",
+                      tiles=res.n_tiles, seconds=f"{res.seconds:.2f}", warnings="; ".join(warnings))
+        info = {"settings": settings, "result": result}
+        if res.std is not None:  # the std first: an image without its std is never "done"
+            write_tiff(std_path, res.std, res.channel_names, info)
+        write_tiff(sr_path, res.image, res.channel_names, info)
+        row.update(result, status=WARNING if warnings else OK, output=str(sr_path))
+        log(f"  {spec.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "
+            f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s")
+        for w in warnings:
+            log(f"  {spec.stem}: WARNING: {w}")
+    except (ValueError, RuntimeError, OSError) as e:  # one bad field never stops or corrupts the others
+        reason = str(e) if not isinstance(e, OSError) else f"cannot write the output ({e.strerror or e})"
+        row.update(status=FAILED, reason=reason, seconds=f"{time.perf_counter() - t0:.2f}", output="")
+        log(f"  {spec.stem}: FAILED: {reason}")
+    return row
+
+
+def not_run_rows(specs: List[FieldSpec], reason: str = "interrupted") -> List[Dict[str, Any]]:
+    return [dict(field=s.stem, status=NOT_RUN, reason=reason, inputs=";".join(map(str, s.sources))) for s in specs]
+
+
 def run_batch(specs: List[FieldSpec], model, opts: BatchOptions, out: Path, batch_size: int = 32,
               skip_existing: bool = False, progress: bool = True, summary_file: str = SUMMARY_NAME,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Summary:
-    """Super-resolve every planned field into `out`. Ctrl-C writes the summary (the fields not
-    run marked so) and re-raises."""
-    from .api import super_resolve
-
+    """Super-resolve every planned field into `out`, in this process. Ctrl-C writes the summary
+    (the fields not run marked so) and re-raises."""
     out = prepare_output(out)
     summary = Summary(out / summary_file)
-    path = getattr(model.bundle, "path", None)
-    model_sha = file_sha256(Path(path)) if path and Path(path).is_file() else "unknown"
+    sha = model_sha256_of(model)
     for i, spec in enumerate(specs):
-        t0 = time.perf_counter()
-        sr_path, std_path = out / f"{spec.stem}_sr.tif", out / f"{spec.stem}_sr_std.tif"
-        row: Dict[str, Any] = dict(field=spec.stem, inputs=";".join(str(s) for s in spec.sources),
-                                   method=opts.method, factor=opts.factor, samples=opts.samples, model=model.name)
         try:
-            settings = output_settings(model, opts, spec, model_sha) if not spec.problem else None
-            if skip_existing and settings is not None:
-                done = read_tiff_info(sr_path)
-                if done is not None and done.get("settings") == settings and \
-                        (opts.samples <= 1 or std_path.is_file()):
-                    row.update(done.get("result", {}), status=SKIPPED, reason="done with the same settings",
-                               output=str(sr_path))
-                    log(f"  {spec.stem}: skipped (done with the same settings)")
-                    summary.add(row)
-                    continue
-                if done is not None:
-                    row["reason"] = "redone: " + ", ".join(_differences(done.get("settings", {}), settings)) + \
-                                    " changed"
-            image, notes = read_field(spec, model.channel_names, opts.intensity_range)
-            res = super_resolve(image, model, opts.factor, opts.method, steps=opts.steps,
-                                learning_rate=opts.learning_rate, samples=opts.samples, seed=opts.seed,
-                                name=spec.stem, realism=opts.realism, weights=opts.weights, p_w=opts.p_w,
-                                overlap=opts.overlap, batch_size=batch_size, operator=opts.operator,
-                                refine_steps=opts.refine_steps, progress=progress)
-            warnings = notes + res.warnings
-            result = dict(lr_psnr=f"{res.lr_psnr:.2f}", converged_fraction=f"{res.converged_fraction:.3f}",
-                          tiles=res.n_tiles, seconds=f"{res.seconds:.2f}", warnings="; ".join(warnings))
-            info = {"settings": settings, "result": result}
-            if res.std is not None:  # the std first: an image without its std is never "done"
-                write_tiff(std_path, res.std, res.channel_names, info)
-            write_tiff(sr_path, res.image, res.channel_names, info)
-            row.update(result, status=WARNING if warnings else OK, output=str(sr_path))
-            log(f"  {spec.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "
-                f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s")
-            for w in warnings:
-                log(f"  {spec.stem}: WARNING: {w}")
+            row = run_field(FieldJob(spec, opts, out, sha, batch_size, skip_existing, progress), model, log)
         except KeyboardInterrupt:
-            pending = [dict(field=s.stem, status=NOT_RUN, reason="interrupted", inputs=";".join(map(str, s.sources)))
-                       for s in specs[i:]]
-            summary.write(pending)
+            summary.write(not_run_rows(specs[i:]))
             raise
-        except (ValueError, RuntimeError, OSError) as e:  # one bad field never stops or corrupts the others
-            reason = str(e) if not isinstance(e, OSError) else f"cannot write the output ({e.strerror or e})"
-            row.update(status=FAILED, reason=reason, seconds=f"{time.perf_counter() - t0:.2f}", output="")
-            log(f"  {spec.stem}: FAILED: {reason}")
         summary.add(row)
     return summary

@@ -72,6 +72,12 @@ speed: a search costs (tiles x samples x steps) generator passes; try a small cr
 --steps 100 first. docs/performance.md has measured figures; benchmarks/search_speed.py
 prints them for your machine.
 
+scale-out (docs/scale-out.md):
+  job arrays: --print-commands N prints N commands, each with --shard I/N; the shards cover
+  every field once. Dask: --cluster local or --scheduler ADDRESS runs one task per field
+  (workers load the model once; outputs land in OUTDIR, which every worker must see). The
+  same field gives the same result in-process, in any shard and on any worker.
+
 exit codes: 0 every field done (with or without warnings), 1 some fields failed (summary.csv says which),
 2 nothing could run (usage, model, device).
 """
@@ -137,8 +143,18 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     out = prepare_output(Path(args.output))
     print(f"model {model.name} ({', '.join(model.channel_names)}) on {model.device}; "
           f"{len(specs)} field(s); method {opts.method} x{opts.factor}", file=sys.stderr)
-    summary = run_batch(specs, model, opts, out, batch_size=args.batch_size, skip_existing=args.skip_existing,
-                        progress=not args.quiet, summary_file=summary_name(part))
+    if args.cluster or args.scheduler:
+        from .dask_engine import open_client, run_batch_dask
+
+        with open_client(args.scheduler, args.cluster, args.workers) as client:
+            print(f"Dask: {len(client.scheduler_info()['workers'])} worker(s) at {client.scheduler.address}",
+                  file=sys.stderr)
+            summary = run_batch_dask(specs, model, opts, out, client, batch_size=args.batch_size,
+                                     skip_existing=args.skip_existing, summary_file=summary_name(part),
+                                     progress=not args.quiet)
+    else:
+        summary = run_batch(specs, model, opts, out, batch_size=args.batch_size, skip_existing=args.skip_existing,
+                            progress=not args.quiet, summary_file=summary_name(part))
     counts = {s: sum(r["status"] == s for r in summary.rows) for s in (OK, WARNING, SKIPPED, FAILED, NOT_RUN)}
     print(f"{counts[OK] + counts[WARNING]} done ({counts[WARNING]} with warnings), {counts[SKIPPED]} skipped "
           f"(already done), {counts[FAILED]} failed; see {summary.path}", file=sys.stderr)
@@ -300,6 +316,14 @@ def _add_super_resolve(sub) -> None:
                         "array; each shard writes summary_shardIofN.csv")
     p.add_argument("--print-commands", type=int, metavar="N", default=None,
                    help="print the N commands of a job array covering these inputs (one --shard each), then stop")
+    p.add_argument("--cluster", choices=["local"], default=None,
+                   help="run the fields as Dask tasks on a LocalCluster of one-thread worker processes "
+                        "(pip install '.[dask]'); see 'scale-out' below")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run the fields as Dask tasks on an existing cluster, e.g. tcp://host:8786 "
+                        "(dask-jobqueue for SLURM/PBS/SGE/LSF: docs/scale-out.md)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of --cluster local (default: one per CPU core)")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume: skip fields whose output records the same settings (model, inputs, method, "
                         "seed, ...); redo the others and say why")

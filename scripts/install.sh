@@ -39,7 +39,7 @@ if ! $VENV/bin/python -c "import cellprofiler, cellprofiler_core" 2>/dev/null; t
     "scikit-image>=0.20.0" "scipy<1.11,>=1.9.1" "scyjava>=1.9.1" "six>=1.16.0" \
     "tifffile>=2022.4.8" "rapidfuzz>=3.0.0" "packaging>=20.0" importlib_metadata 2>&1 | filter
 fi
-echo "[install] rls_core (editable) and test tools"
-$PIP install -q -e ".[test]" 2>&1 | filter
+echo "[install] rls_core (editable), the Dask extra (its tests run a real cluster) and test tools"
+$PIP install -q -e ".[test,dask]" 2>&1 | filter
 echo "$want" > "$stamp"
 echo "[install] done: activate with 'source $VENV/bin/activate'"

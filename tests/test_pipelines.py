@@ -246,3 +246,43 @@ def test_sr_with_shipped_models_preserves_the_biology(cp, summarize, tmp_path, a
             assert treated > ctrl, (run, values)
         else:
             assert treated < ctrl, (run, values)
+
+
+def test_cellprofiler_batch_mode_halves_equal_one_run(cp, tiny_models, small_lr, tmp_path):
+    """CellProfiler's own scale-out: CreateBatchFiles writes Batch_data.h5 from the shared
+    translocation pipeline (tiny model, RLS, 3 steps); `-f/-l` runs it in two halves, as a
+    cluster would, and their CSV rows together equal one full run's. Columns that describe
+    the run rather than the image set (timing, CellProfiler's per-run group numbering) are
+    left out."""
+    from cellprofiler_core.utilities.core.modules import instantiate_module
+
+    pipe = cp.customize(cp.load(PIPELINES / "translocation.cppipe"), str(tiny_models["translocation"]),
+                        factor=4, method="rls", steps=3)
+    batch = instantiate_module("CreateBatchFiles")
+    batch.set_module_num(len(pipe.modules()) + 1)
+    batch.wants_default_output_directory.value = True
+    pipe.add_module(batch)
+    cp.save(pipe, tmp_path / "batch.cppipe")
+    res = run_cli(tmp_path / "batch.cppipe", small_lr["translocation"], tmp_path / "batch")
+    # CellProfiler 5 ends the run that writes the batch file with exit code 1 (CreateBatchFiles
+    # stops the analysis after preparing it); the file is what counts
+    assert (tmp_path / "batch" / "Batch_data.h5").exists(), res.stderr[-3000:]
+    assert "SuperResolveRLS:" not in res.stderr
+
+    def run_sets(first, last, out):
+        cmd = [str(CELLPROFILER), "-c", "-r", "-p", str(tmp_path / "batch" / "Batch_data.h5"), "-f", str(first),
+               "-l", str(last), "--plugins-directory", str(ROOT / "plugins"), "-o", str(out), "-e", "imageio_reader"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return read_rows(out / "Translocation_Image.csv")
+
+    n = len(list(small_lr["translocation"].glob("*_DNA.tif")))
+    assert n >= 2
+    full = run_sets(1, n, tmp_path / "full")
+    halves = run_sets(1, n // 2, tmp_path / "h1") + run_sets(n // 2 + 1, n, tmp_path / "h2")
+    assert len(full) == len(halves) == n
+    per_run = ("ExecutionTime_", "Group_", "SuperResolveRLS_Seconds")
+    keep = [k for k in full[0] if not k.startswith(per_run)]
+    assert "SuperResolveRLS_LRPSNR_DNA" in keep and "Count_Nuclei" in keep
+    assert all(r["SuperResolveRLS_Succeeded_DNA"] == "1" for r in full)
+    assert [{k: r[k] for k in keep} for r in halves] == [{k: r[k] for k in keep} for r in full]
