@@ -188,3 +188,30 @@ def test_sr_pipeline_in_cellprofiler42(cp42, summarize, tmp_path, assay):
     psnr42 = [float(r["SuperResolveRLS_LRPSNR_DNA"]) for r in rows]
     psnr5 = [float(r["SuperResolveRLS_LRPSNR_DNA"]) for r in image_rows(out5, assay)]
     assert psnr42 == pytest.approx(psnr5, rel=1e-3), (psnr42, psnr5)
+
+
+def roundtrip(python: Path, src: Path, dest: Path) -> dict:
+    """Load `src` in the CellProfiler of `python`, save it to `dest`; what its module holds."""
+    env = _env(PYTHONPATH=str(ROOT)) if python != Path(sys.executable) else \
+        {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([str(python), str(ROOT / "tests" / "cp_roundtrip.py"), str(src), str(dest)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("ROUNDTRIP ")]
+    assert res.returncode == 0 and lines, f"{python} could not load {src.name}:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+    return json.loads(lines[-1][len("ROUNDTRIP "):])
+
+
+@pytest.mark.parametrize("assay", ["translocation", "golgi"])
+def test_a_pipeline_saved_by_either_line_loads_in_the_other(cp42, tmp_path, assay):
+    """The shared SR pipeline, saved by CellProfiler 4.2 and by 5, loads in the other line with
+    the module's revision and every setting unchanged (and no module lost)."""
+    py42, py5 = cp42.with_name("python"), Path(sys.executable)
+    shared = PIPELINES / f"{assay}.cppipe"
+    by42 = roundtrip(py42, shared, tmp_path / "saved_by_42.cppipe")
+    by5 = roundtrip(py5, shared, tmp_path / "saved_by_5.cppipe")
+    assert by42["cellprofiler_core"].startswith("4.2") and by5["cellprofiler_core"].startswith("5.")
+    in5 = roundtrip(py5, tmp_path / "saved_by_42.cppipe", tmp_path / "42_then_5.cppipe")
+    in42 = roundtrip(py42, tmp_path / "saved_by_5.cppipe", tmp_path / "5_then_42.cppipe")
+    for r in (by42, by5, in5, in42):
+        assert r["revision"] == 3 and r["modules"] == by5["modules"], r
+        assert r["settings"] == by5["settings"], (r["cellprofiler_core"], r["settings"], by5["settings"])
