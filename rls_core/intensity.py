@@ -51,7 +51,10 @@ def check_range(intensity_range: Optional[Sequence[float]]) -> Optional[Intensit
     """A (LO, HI) pair from the API, checked like the CLI's."""
     if intensity_range is None:
         return None
-    lo, hi = (float(v) for v in intensity_range)
+    try:
+        lo, hi = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise InputError(f"intensity_range must be a pair (LO, HI), got {intensity_range!r}") from None
     return parse_intensity_range(f"{lo!r},{hi!r}")
 
 

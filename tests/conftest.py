@@ -31,6 +31,11 @@ def make_tiny_bundle(path: Path, channels=("DNA", "NFkB"), resolution: int = 32,
     with torch.no_grad():  # keep images mostly inside [-1, 1], as a trained generator's are
         for res in G.synthesis.block_resolutions:
             getattr(G.synthesis, f"b{res}").torgb.weight.mul_(0.3)
+        # a trained generator uses its noise inputs; with StyleGAN2's initial 0 the searches
+        # would draw nothing that matters, and tests of per-tile random streams prove nothing
+        for module in G.modules():
+            if hasattr(module, "noise_strength"):
+                module.noise_strength.fill_(0.02)
     G.estimate_w_avg(4000, seed=seed)
     bundle = ModelBundle.from_generator(G, list(channels), provenance={"description": "test model", "seed": seed})
     if with_prior:

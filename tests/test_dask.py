@@ -61,6 +61,11 @@ def test_local_cluster_gives_the_bytes_of_an_in_process_run(fields, tmp_path, ti
     assert main(["super-resolve", *fields, "-o", str(tmp_path / "dask"), *common(tiny_model_path, 20),
                  "--cluster", "local", "--workers", "2"]) == 0
     assert_same_run(tmp_path / "inproc", tmp_path / "dask", names)
+    # negative control: another seed gives other bytes, so the equality is the streams' doing
+    assert main(["super-resolve", fields[0], "-o", str(tmp_path / "seed1"), *common(tiny_model_path, 20),
+                 "--seed", "1"]) == 0
+    assert not np.array_equal(tifffile.imread(tmp_path / "seed1" / f"{names[0]}_sr.tif"),
+                              tifffile.imread(tmp_path / "dask" / f"{names[0]}_sr.tif"))
     # the summary lists the fields in input order, whatever order they finished in
     assert [r["field"] for r in read_summary(tmp_path / "dask")] == names
 

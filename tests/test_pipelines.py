@@ -227,25 +227,96 @@ def test_hr_pipelines_show_the_biology(cp, summarize, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the science, shipped models
+def _effect(values, conditions):
+    """Cohen's d (treated - control) and its large-sample standard error
+    sqrt((n1 + n2) / (n1 n2) + d^2 / (2 (n1 + n2))) (Hedges & Olkin)."""
+    from rls_core.evaluate.stats import cohens_d
+
+    ctrl, treated = (values[c] for c in conditions)
+    d = cohens_d(ctrl, treated)
+    n1, n2 = len(ctrl), len(treated)
+    return d, math.sqrt((n1 + n2) / (n1 * n2) + d * d / (2 * (n1 + n2)))
+
+
+def _blank_lr_psnr(model, lr_files, channels):
+    """The LR consistency (dB) of an all-zero output for one field: the floor that a search
+    must clear by a margin, or its result is no better than nothing."""
+    import numpy as np
+    import tifffile
+
+    lr = np.stack([tifffile.imread(str(lr_files).replace("_DNA.tif", f"_{c}.tif")).astype(np.float32) / 65535
+                   for c in channels])
+    return float(-10 * np.log10(np.mean((model.to_unit(lr) - model.to_unit(np.zeros_like(lr))) ** 2))), lr.shape[1:]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("assay", ["translocation", "golgi"])
+@pytest.mark.parametrize("assay", [
+    "translocation",
+    # Measured with the shipped golgi model (cpu preset, ~40 kimg): SR finds 14 nuclei where HR
+    # finds 50, its spots are 7x HR's area (857 vs 114 px), d = -0.2 vs HR's -9.2, and two
+    # fields reach only 2.6 dB above a blank output. The model cannot draw small spots (issue
+    # 12). strict: the day a retrained model passes, this marker must go.
+    pytest.param("golgi", marks=pytest.mark.xfail(strict=True, reason="shipped golgi model too weak (issue 12)")),
+])
 def test_sr_with_shipped_models_preserves_the_biology(cp, summarize, tmp_path, assay):
-    """RLS 16x on the LR examples with the shipped model gives the same direction of effect as HR."""
-    model = ROOT / "rls_core" / "models" / f"{assay}.h5"
-    if not model.exists():
-        pytest.skip(f"{model.relative_to(ROOT)} does not exist yet (the shipped model is still being trained)")
-    res = run_cli(PIPELINES / f"{assay}.cppipe", EXAMPLES / assay / "lr", tmp_path / "sr", timeout=1800)
+    """The shared SR pipeline as shipped (RLS, 16x, the shipped model, 200 steps) on the LR
+    examples, against the HR reference pipeline on the HR examples."""
+    import hashlib
+
+    import rls_core
+    from rls_core.api import default_overlap
+    from rls_core.model import load_model
+    from rls_core.tiling import make_grid
+
+    model_file = ROOT / "rls_core" / "models" / f"{assay}.h5"
+    res = run_cli(PIPELINES / f"{assay}.cppipe", EXAMPLES / assay / "lr", tmp_path / "sr", timeout=3600)
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(PIPELINES / f"{assay}_hr.cppipe", EXAMPLES / assay / "hr", tmp_path / "hr")
     assert res.returncode == 0, res.stderr[-3000:]
+    image_csv = CSV[assay][0] if assay == "golgi" else "Translocation_Image.csv"
+    sr_rows, hr_rows = read_rows(tmp_path / "sr" / image_csv), read_rows(tmp_path / "hr" / image_csv)
+    assert len(sr_rows) == len(hr_rows) == 6
+
+    # The module's record of every image set: done, by this model file and package, in range.
+    m = load_model(assay, "cpu")
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    for r in sr_rows:
+        assert r["SuperResolveRLS_Succeeded_DNA"] == "1" and r["SuperResolveRLS_FailureReason_DNA"] == ""
+        assert r["SuperResolveRLS_Model_DNA"] == assay and r["SuperResolveRLS_ModelChecksum_DNA"] == digest
+        assert r["SuperResolveRLS_Version_DNA"] == rls_core.__version__
+        assert 0.0 <= float(r["SuperResolveRLS_ConvergedFraction_DNA"]) <= 1.0
+        blank_db, lr_shape = _blank_lr_psnr(m, EXAMPLES / assay / "lr" / r["FileName_DNA_LR"], CHANNELS[assay])
+        tile = m.resolution // 16
+        assert int(float(r["SuperResolveRLS_NumberOfTiles_DNA"])) == len(
+            make_grid(lr_shape, tile, 16, default_overlap(tile)).positions)
+        # 3 dB (half the error power) over an all-zero output: a result that does not follow
+        # the LR input at all (blank, noise, a wrong channel) stays within ~1 dB of the floor
+        assert float(r["SuperResolveRLS_LRPSNR_DNA"]) > blank_db + 3, (r["FileName_DNA_LR"], blank_db)
+
+    # Objects: SR must find about the nuclei HR finds. Over the 6 fields HR finds ~50-55;
+    # segmentation on a faithful SR image differs by merges/splits of touching nuclei (a few
+    # per field), while a blurred or hallucinated image loses or merges most of them (the weak
+    # golgi model: 28 %). 0.7-1.3x separates the two.
+    n_sr = sum(float(r["Count_Nuclei"]) for r in sr_rows)
+    n_hr = sum(float(r["Count_Nuclei"]) for r in hr_rows)
+    assert 0.7 * n_hr <= n_sr <= 1.3 * n_hr, (n_sr, n_hr)
+
+    # The read-out per condition: finite, and enough of it for the statistics below.
     results = summarize.summarize([("sr", tmp_path / "sr"), ("hr", tmp_path / "hr")], assay)
+    conditions = CONDITIONS[assay]
     for run, values in results.items():
-        assert all(values.get(c) for c in CONDITIONS[assay]), f"{run}: no finite values per condition {values}"
-        ctrl, treated = (statistics.mean(values[c]) for c in CONDITIONS[assay])
-        if assay == "translocation":
-            assert treated > ctrl, (run, values)
-        else:
-            assert treated < ctrl, (run, values)
+        assert all(len(values.get(c, [])) >= (10 if assay == "translocation" else 3) for c in conditions), (run, values)
+        assert all(math.isfinite(v) for c in conditions for v in values[c])
+
+    # The effect must survive and must not be invented. With d and its standard error SE:
+    # - survive: SR's effect has HR's sign and is more than 2 SE from zero (a result that lost the
+    #   biology, or swapped the conditions, is not: its d is ~0 or of the other sign);
+    # - not invented: SR's effect is not larger than HR's by more than 2 SE of their difference.
+    d_hr, se_hr = _effect(results["hr"], conditions)
+    d_sr, se_sr = _effect(results["sr"], conditions)
+    sign = 1.0 if d_hr > 0 else -1.0
+    assert sign * d_sr > 2 * se_sr, (d_sr, se_sr, d_hr)
+    assert sign * d_sr <= sign * d_hr + 2 * math.sqrt(se_sr ** 2 + se_hr ** 2), (d_sr, d_hr)
 
 
 def test_cellprofiler_batch_mode_halves_equal_one_run(cp, tiny_models, small_lr, tmp_path):

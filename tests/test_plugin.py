@@ -324,6 +324,7 @@ def test_run_uncertainty_images(cp, tiny_model_path):
     for name in ("DNA_Uncertainty", "NFkB_Uncertainty"):
         u = ws.image_set.get_image(name)
         assert u.pixel_data.shape == (32, 32) and (u.pixel_data >= 0).all() and u.mask.shape == (32, 32)
+        assert u.pixel_data.max() > 0  # the two searches start apart: their std is not zero
 
 
 def test_uncertainty_images_are_offered_to_later_modules(cp, tiny_model_path):
@@ -447,9 +448,15 @@ def test_cpu_threads_shared_between_analysis_workers(cp, monkeypatch):
         worker_main = types.ModuleType("__main__")
         worker_main.__file__ = "/x/site-packages/cellprofiler_core/worker/__init__.py"
         monkeypatch.setitem(sys.modules, "__main__", worker_main)
-        prefs.set_max_workers(64)
+        # 16 cores over 4 workers: 4 threads each (differs from any `before` a no-op could leave)
+        monkeypatch.setattr(os, "cpu_count", lambda: 16)
+        torch.set_num_threads(3)
+        prefs.set_max_workers(4)
         plugin.share_cpu_between_workers(torch)
-        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 64)
+        assert torch.get_num_threads() == 4
+        prefs.set_max_workers(64)  # more workers than cores: still one thread each
+        plugin.share_cpu_between_workers(torch)
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
         prefs.set_max_workers(workers)

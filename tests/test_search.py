@@ -29,7 +29,10 @@ def test_plain_fits_the_lr_input(recovered):
 @pytest.mark.parametrize("method", ["plain", "rls", "pulse", "brgm"])
 def test_every_search_beats_bicubic(recovered, method):
     hr, lr, out = recovered
-    assert hr_psnr(out[method].image, hr) > hr_psnr(out["bicubic"].image, hr)
+    # measured (torch 2.13, CPU): bicubic 24.7 dB; plain 28.8, pulse 27.5, rls 27.1, brgm 25.3.
+    # A search that stays at its start (the mean w) or fits the wrong thing lands far below
+    # bicubic; 0.3 dB keeps a margin over rounding differences between platforms.
+    assert hr_psnr(out[method].image, hr) > hr_psnr(out["bicubic"].image, hr) + 0.3
 
 
 def test_cpu_runs_are_bit_identical(tiny_model, generated_field):
