@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export MPLBACKEND=Agg
-.venv/bin/python -m pytest -q --durations=15 "$@"
+.venv/bin/python -m pytest -q -rs --durations=15 "$@"  # -rs: every skip is listed with its reason
 # The GUI screenshot tests (tests/gui, marker `gui`). In CI (CI=true) they must run: this
 # installs what they need (Debian's wxPython and Xvfb, scripts/install_gui.sh) and a GUI test
 # that cannot run fails the build. Elsewhere they run when those are installed, and are

@@ -6,11 +6,19 @@ from rls_core.tiling import Blender, blend_profile, make_grid, pad_field
 
 
 def test_grid_covers_any_size():
+    """Tiles cover every pixel, step by tile - overlap on both axes, and stay inside the padding."""
     for h, w in [(8, 8), (9, 17), (31, 8), (100, 3 + 8)]:
         g = make_grid((h, w), 8, 4, 2)
         assert g.padded_shape[0] >= h and g.padded_shape[1] >= w
-        ys = {p[0] for p in g.positions}
-        assert max(ys) + 8 == g.padded_shape[0]
+        covered = np.zeros(g.padded_shape, bool)
+        for y, x in g.positions:
+            assert y + 8 <= g.padded_shape[0] and x + 8 <= g.padded_shape[1]
+            covered[y:y + 8, x:x + 8] = True
+        assert covered.all()
+        for axis, size in ((0, g.padded_shape[0]), (1, g.padded_shape[1])):
+            starts = sorted({p[axis] for p in g.positions})
+            assert starts[0] == 0 and starts[-1] + 8 == size
+            assert all(b - a == 6 for a, b in zip(starts, starts[1:]))  # stride = tile - overlap
     with pytest.raises(ValueError, match="overlap"):
         make_grid((8, 8), 8, 4, 8)
 
@@ -34,9 +42,21 @@ def test_blender_reassembles_constant_and_pieces():
 
 
 def test_pad_field_small_and_large():
-    g = make_grid((3, 5), 8, 2, 0)
-    out = pad_field(np.ones((2, 3, 5), np.float32), g)
-    assert out.shape == (2, 8, 8)
+    """The field is kept as it is and padded at the bottom/right only: mirrored where the field
+    is larger than the padding, repeated at the edge where it is smaller."""
+    rng = np.random.default_rng(0)
+    small = rng.random((2, 3, 5)).astype(np.float32)
+    out = pad_field(small, make_grid((3, 5), 8, 2, 0))
+    assert out.shape == (2, 8, 8) and np.array_equal(out[:, :3, :5], small)
+    assert np.array_equal(out[:, 7, :5], small[:, 2])  # edge rows repeated
+    large = rng.random((1, 21, 19)).astype(np.float32)
+    g = make_grid((21, 19), 8, 2, 2)
+    out = pad_field(large, g)
+    assert out.shape == (1, *g.padded_shape) and np.array_equal(out[:, :21, :19], large)
+    ph = g.padded_shape[0] - 21
+    assert ph > 0 and np.array_equal(out[:, 21:, :19], large[:, 19:19 - ph:-1])  # mirrored
+    exact = large[:, :8, :8]
+    assert pad_field(exact, make_grid((8, 8), 8, 2, 0)) is exact  # nothing to pad: no copy
 
 
 def test_tiles_reproduce_single_tile_results(tiny_model):
