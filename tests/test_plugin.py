@@ -108,10 +108,16 @@ def test_plugin_registered(cp):
     doc = cls.__doc__
     for needle in ("Respects masks?", "2405.19112", "2003.03808", "2012.09967", "1912.04958", "2004.00049"):
         assert needle in doc
-    # heavy dependencies are imported lazily, not at plugin import
-    src = (ROOT / "plugins" / "superresolverls.py").read_text()
-    head = src.split("class SuperResolveRLS")[0]
-    assert "\nimport torch" not in head and "\nfrom rls_core" not in head and "\nimport rls_core" not in head
+    # heavy dependencies are imported lazily: loading the plugin (as CellProfiler does at start-up,
+    # for every user, pipeline or not) imports neither torch nor the search code
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); import superresolverls; "
+            "heavy = sorted(m for m in ('torch', 'rls_core.api', 'rls_core.model') if m in sys.modules); "
+            "print('HEAVY', heavy)" % str(ROOT / "plugins"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "HEAVY []" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
 
 
 def test_settings_round_trip(cp, tiny_model_path):
