@@ -171,7 +171,7 @@ def test_interrupted_run_leaves_a_true_summary_and_resumes(tmp_path, tiny_model_
     files = _many_fields(lr, 6)
     out = tmp_path / "sr"
     cmd = [sys.executable, "-m", "rls_core", "super-resolve", *files, "-o", str(out), "--model",
-           str(tiny_model_path), "--factor", "8", "--steps", "40", "-q"]
+           str(tiny_model_path), "--factor", "8", "--steps", "150", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 120
