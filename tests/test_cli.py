@@ -172,8 +172,12 @@ def test_interrupted_run_leaves_a_true_summary_and_resumes(tmp_path, tiny_model_
     out = tmp_path / "sr"
     cmd = [sys.executable, "-m", "rls_core", "super-resolve", *files, "-o", str(out), "--model",
            str(tiny_model_path), "--factor", "8", "--steps", "150", "-q"]
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (a CI runner
+    # may run us so): give the child the default, as a terminal's foreground job has, so that
+    # Python turns SIGINT into KeyboardInterrupt.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list(out.glob("*_sr.tif")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
