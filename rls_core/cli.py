@@ -46,8 +46,9 @@ outputs (in OUTDIR):
                       ImageJ "Info" property records the settings that made it
   <stem>_sr_std.tif   per-pixel standard deviation over --samples (only when K > 1)
   summary.csv         one row per field: status (ok / warning / skipped / failed / not run),
-                      reason, warnings, method, factor, lr_psnr (dB), converged fraction, seconds; rewritten
-                      after every field, so an interrupted run leaves a true summary
+                      reason, warnings, method, factor, lr_psnr (dB), converged fraction,
+                      seconds; rewritten after every field, so an interrupted run leaves a
+                      true summary
 
 resume: rerun the same command with --skip-existing: fields whose output records the same
 settings are skipped; the others are redone (the summary says which setting changed).
@@ -78,8 +79,8 @@ scale-out (docs/scale-out.md):
   (workers load the model once; outputs land in OUTDIR, which every worker must see). The
   same field gives the same result in-process, in any shard and on any worker.
 
-exit codes: 0 every field done (with or without warnings), 1 some fields failed (summary.csv says which),
-2 nothing could run (usage, model, device).
+exit codes: 0 every field done (with or without warnings), 1 some fields failed
+(summary.csv says which), 2 nothing could run (usage, model, device).
 """
 
 
