@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gui
 
 SR = "SuperResolveRLS"
 FEATURES = ("LRPSNR", "ConvergedFraction", "Seconds", "NumberOfTiles", "Succeeded")
-TEXT_FEATURES = ("FailureReason", "Model", "ModelChecksum", "Version")
+TEXT_FEATURES = ("FailureReason", "Warnings", "Model", "ModelChecksum", "Version")
 #: what a user sees with a custom model, the RLS method and the advanced settings hidden
 BASIC_LABELS = ("Model", "Folder holding the model file", "Model file name", "Number of channels",
                 "Select the LR image for model channel 1", "Select the LR image for model channel 2",
