@@ -12,14 +12,18 @@ import tifffile
 from rls_core.cli import main
 
 
+def clean_uint16(lr):
+    """The model's LR field as a uint16 camera image. 0.8: the tiny model's own field reaches
+    1.0 on > 1 % of its pixels, which is a "saturated" warning; these tests want clean inputs."""
+    return (np.clip(lr, 0, 1) * 0.8 * 65535).astype(np.uint16)
+
+
 @pytest.fixture()
 def lr_folder(tmp_path, generated_field):
     _, lr = generated_field
     d = tmp_path / "lr"
     d.mkdir()
-    # 0.8: the tiny model's own field reaches 1.0 on > 1 % of its pixels, which is a
-    # "saturated" warning; these tests want clean inputs
-    raw = (np.clip(lr, 0, 1) * 0.8 * 65535).astype(np.uint16)
+    raw = clean_uint16(lr)
     tifffile.imwrite(d / "plate_A01_s1_DNA.tif", raw[0])
     tifffile.imwrite(d / "plate_A01_s1_NFkB.tif", raw[1])
     tifffile.imwrite(d / "stack_A02.tif", raw)  # one multi-page file holding both channels

@@ -12,7 +12,7 @@ import tifffile
 distributed = pytest.importorskip("distributed", reason="the Dask extra is not installed: pip install -e '.[dask]'")
 
 from rls_core.cli import main  # noqa: E402
-from test_cli import read_summary  # noqa: E402
+from test_cli import clean_uint16, read_summary  # noqa: E402
 
 TIMING = {"seconds"}
 
@@ -23,7 +23,7 @@ def fields(tmp_path, generated_field):
     _, lr = generated_field
     d = tmp_path / "lr"
     d.mkdir()
-    raw = (np.clip(lr, 0, 1) * 0.8 * 65535).astype(np.uint16)
+    raw = clean_uint16(lr)
     for i in range(6):
         tifffile.imwrite(d / f"well_{i:02d}.tif", np.roll(raw, i, axis=2))
     return sorted(str(p) for p in d.iterdir())
