@@ -5,8 +5,14 @@ with the bicubic operator and runs each variant's search on all crops in one bat
 users' reconstructor (`rls_core.reconstruct`). Prints the median / min / max LR-PSNR and the
 converged share per variant: a search that cannot reach the LR input shows here first.
 
+With `--source generated` the crops are the model's own samples, each drawn from a single w
+(no style mixing). Such a crop lies on the generator's range by construction, so a variant that
+fails here fails because of its search (weights, start, steps), not because the generator cannot
+draw the data; comparing both sources separates the two causes.
+
     python benchmarks/prior_ablation.py training/checkpoints/translocation.h5 \
         data/train/translocation_s3000 --steps 200 --threads 1
+    python benchmarks/prior_ablation.py training/checkpoints/translocation.h5 --source generated
 """
 from __future__ import annotations
 
@@ -43,16 +49,32 @@ def load_crops(model, folder: Path, n: int, size: int) -> np.ndarray:
     return np.stack(crops).astype(np.float32)
 
 
+def generated_crops(model, n: int, seed: int = 12345) -> np.ndarray:
+    """n samples of the model, one single w each (the search's own p_cross ideal), in [0, 1]."""
+    import torch
+
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    w = model.sample_w(gens)
+    with torch.no_grad():
+        img = model.render(w[:, None].repeat(1, model.num_ws, 1), noise=model.random_noise(gens))
+    return img.clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="bundle path or shipped model name")
-    ap.add_argument("data", type=Path, help="folder of HR fields (e.g. from `rls simulate`)")
+    ap.add_argument("data", type=Path, nargs="?", help="folder of HR fields (e.g. from `rls simulate`); "
+                    "not needed with --source generated")
+    ap.add_argument("--source", choices=("data", "generated"), default="data",
+                    help="crops of DATA, or the model's own single-w samples (default: data)")
     ap.add_argument("--factor", type=int, default=16)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.source == "data" and args.data is None:
+        ap.error("give a folder of HR fields, or --source generated")
 
     import torch
 
@@ -63,10 +85,11 @@ def main(argv=None) -> int:
     from rls_core.seeding import TileKey
 
     model = load_model(args.model, "cpu")
-    hr = load_crops(model, args.data, args.crops, model.resolution)
+    hr = (load_crops(model, args.data, args.crops, model.resolution) if args.source == "data"
+          else generated_crops(model, args.crops))
     lr = make_operator("bicubic", args.factor)(torch.from_numpy(hr)).clamp(0, 1).numpy()
     keys = [TileKey(f"crop{i}", 0, 0) for i in range(len(lr))]
-    print(f"{model.name}: {len(lr)} crops, {args.factor}x, {args.steps} steps, {args.threads} thread(s)")
+    print(f"{model.name}: {len(lr)} {args.source} crops, {args.factor}x, {args.steps} steps, {args.threads} thread(s)")
     print(f"{'variant':<10} {'median':>7} {'min':>6} {'max':>6} {'converged':>10} {'seconds':>8}")
     for name in args.variants.split(","):
         method, weights = VARIANTS[name]

@@ -47,6 +47,11 @@ class GeneratorConfig:
     mapping_lr_mul: float = 0.01
     conv_clamp: Optional[float] = None
     blur_kernel: Tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)
+    # Layers below this resolution take no noise input (4: every layer, as in StyleGAN2).
+    # A latent search keeps the noise fixed, so whatever the noise draws cannot be fitted:
+    # if coarse layers carry noise, the generator may put the cells' layout there and then
+    # no code can match an LR input (docs/models.md). `fine_noise_min_res` is the training default.
+    noise_min_res: int = 4
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -61,6 +66,9 @@ class GeneratorConfig:
                 f"({int(log2) - 1} entries), got {len(self.channels)}")
         if not 1 <= self.img_channels <= 4:
             raise ValueError(f"img_channels must be 1..4, got {self.img_channels}")
+        self.noise_min_res = int(self.noise_min_res)
+        if self.noise_min_res < 4:
+            raise ValueError(f"noise_min_res must be >= 4 (4: noise at every layer), got {self.noise_min_res}")
 
     @property
     def num_ws(self) -> int:
@@ -83,13 +91,21 @@ class GeneratorConfig:
         return cls(**d)
 
     @classmethod
-    def preset(cls, name: str, resolution: int = 128, img_channels: int = 2) -> "GeneratorConfig":
+    def preset(cls, name: str, resolution: int = 128, img_channels: int = 2,
+               noise_min_res: int = 4) -> "GeneratorConfig":
         """A named size from `rls_core.presets` (standard, cpu, tiny, paper)."""
         if name not in PRESETS:
             raise ValueError(f"unknown generator preset {name!r}; choose {', '.join(PRESET_NAMES)}")
         p = PRESETS[name]
         ch = tuple(p.widths[2 ** (i + 2)] for i in range(int(math.log2(resolution)) - 1))
-        return cls(resolution, img_channels, p.z_dim, p.w_dim, p.mapping_layers, ch)
+        return cls(resolution, img_channels, p.z_dim, p.w_dim, p.mapping_layers, ch, noise_min_res=noise_min_res)
+
+
+def fine_noise_min_res(resolution: int) -> int:
+    """Noise only in the two finest blocks (64 and 128 px of a 128-px generator): a noise pixel
+    there spans 1-2 output pixels and a few 3x3 convolutions, far below one LR pixel at the
+    paper's 16x and 32x, so noise can add texture but cannot place cells."""
+    return max(4, resolution // 2)
 
 
 # ----------------------------------------------------------------------------- ops
@@ -168,12 +184,16 @@ class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (+ optional 2x upsampling), noise, bias, leaky ReLU, clamp."""
 
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool,
-                 blur: torch.Tensor, conv_clamp: Optional[float]) -> None:
+                 blur: torch.Tensor, conv_clamp: Optional[float], use_noise: bool = True) -> None:
         super().__init__()
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_ch))
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.use_noise = use_noise
+        if use_noise:
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        else:  # a zero buffer: the same state-dict keys, nothing to train
+            self.register_buffer("noise_strength", torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.register_buffer("resample_filter", blur.clone(), persistent=False)
         self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
@@ -194,7 +214,9 @@ class SynthesisLayer(nn.Module):
             x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4.0)
         else:
             x = F.conv2d(x, weight, padding=1)
-        if noise is None:
+        if not self.use_noise:
+            noise = None
+        elif noise is None:
             if noise_mode == "const":
                 noise = self.noise_const[None, None]
             elif noise_mode == "random":
@@ -245,8 +267,10 @@ class SynthesisBlock(nn.Module):
         if res == 4:
             self.conv0 = None
         else:
-            self.conv0 = SynthesisLayer(in_ch, out_ch, cfg.w_dim, res, True, blur, cfg.conv_clamp)
-        self.conv1 = SynthesisLayer(out_ch, out_ch, cfg.w_dim, res, False, blur, cfg.conv_clamp)
+            self.conv0 = SynthesisLayer(in_ch, out_ch, cfg.w_dim, res, True, blur, cfg.conv_clamp,
+                                        res >= cfg.noise_min_res)
+        self.conv1 = SynthesisLayer(out_ch, out_ch, cfg.w_dim, res, False, blur, cfg.conv_clamp,
+                                    res >= cfg.noise_min_res)
         self.torgb = ToRGB(out_ch, cfg.img_channels, cfg.w_dim, cfg.conv_clamp)
         self.num_conv = 1 if res == 4 else 2
 

@@ -9,8 +9,8 @@
 # OUTDIR      receives at most 6 small files: MODEL.h5 (bundle, <= 12 MiB), resume.pt (slim
 #             resume checkpoint), samples_final.png, train_log.csv, train.log and, for a
 #             fresh run, reals.png (training crops)
-# RESUME_DIR  optional: a folder with MODEL.h5 + resume.pt from an earlier run (e.g. the
-#             committed training/checkpoints/) to continue instead of starting afresh
+# RESUME_DIR  optional: a folder with MODEL.h5 + resume.pt (or MODEL.pt) from an earlier run
+#             (e.g. the committed training/checkpoints/) to continue instead of starting afresh
 #
 # Made for the lent GPU machine (docs/models.md, "GPU"): no pip install, only what is there
 # (torch, numpy 1 or 2, scipy, h5py, scikit-image, tifffile, tqdm), run from the repository
@@ -53,9 +53,11 @@ ARGS=(train "$DATA" -o "$RUN" --name "$MODEL" --time-limit "$MINUTES" --finish-a
       --device "${DEVICE:-auto}" --accel "${ACCEL:-none}" --checkpoint-every 500 --snapshot-every 500 --log-every 10 --no-progress
       --fit-prior-samples "${PRIOR_SAMPLES:-100000}" --flow-epochs "${FLOW_EPOCHS:-20}")
 if [ -n "$RESUME_DIR" ]; then
-  [ -f "$RESUME_DIR/resume.pt" ] && [ -f "$RESUME_DIR/$MODEL.h5" ] || {
-    echo "$RESUME_DIR must hold resume.pt and $MODEL.h5 (a run's slim checkpoint and its bundle)" >&2; exit 2; }
-  cp "$RESUME_DIR/resume.pt" "$RUN/checkpoint.pt"; cp "$RESUME_DIR/$MODEL.h5" "$RUN/$MODEL.h5"
+  # a run folder holds resume.pt; the repository keeps it as training/checkpoints/MODEL.pt
+  CKPT="$RESUME_DIR/resume.pt"; [ -f "$CKPT" ] || CKPT="$RESUME_DIR/$MODEL.pt"
+  [ -f "$CKPT" ] && [ -f "$RESUME_DIR/$MODEL.h5" ] || {
+    echo "$RESUME_DIR must hold resume.pt (or $MODEL.pt) and $MODEL.h5 (a run's slim checkpoint and its bundle)" >&2; exit 2; }
+  cp "$CKPT" "$RUN/checkpoint.pt"; cp "$RESUME_DIR/$MODEL.h5" "$RUN/$MODEL.h5"
   ARGS+=(--resume)
   say "resuming $RESUME_DIR for $MINUTES min"
 else

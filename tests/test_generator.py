@@ -45,6 +45,33 @@ def test_noise_modes_and_determinism():
         assert torch.allclose(G.synthesis(ws, noise=zeros), G.synthesis(ws, noise_mode="none"))
 
 
+def test_noise_only_at_fine_layers():
+    """With noise_min_res, coarse layers ignore any noise (their content is w's alone), fine
+    layers still take it; the state-dict keys stay those of a noise-everywhere generator, so
+    trained weights load across the two (a fine-tune that switches coarse noise off)."""
+    torch.manual_seed(0)
+    everywhere = Generator(GeneratorConfig.preset("tiny", 32, 2)).eval()
+    G = Generator(GeneratorConfig.preset("tiny", 32, 2, noise_min_res=16)).eval()
+    assert G.state_dict().keys() == everywhere.state_dict().keys()
+    G.load_state_dict(everywhere.state_dict())
+    layers = G.synthesis.layers()
+    assert [l.use_noise for l in layers] == [l.resolution >= 16 for l in layers]
+    assert sum(p.numel() for p in G.parameters()) == everywhere.num_params() - sum(not l.use_noise for l in layers)
+    with torch.no_grad():
+        for layer in layers:
+            layer.noise_strength.fill_(0.5)
+        ws = G.mapping(torch.randn(2, G.cfg.z_dim))[:, None].repeat(1, G.num_ws, 1)
+        base = [torch.randn(2, 1, h, w) for h, w in G.synthesis.noise_shapes()]
+        ref = G.synthesis(ws, noise=base)
+        for i, layer in enumerate(layers):
+            other = list(base)
+            other[i] = torch.randn_like(base[i])
+            changed = not torch.equal(G.synthesis(ws, noise=other), ref)
+            assert changed == layer.use_noise, f"layer at {layer.resolution} px"
+    with pytest.raises(ValueError, match="noise_min_res"):
+        GeneratorConfig.preset("tiny", 32, 2, noise_min_res=2)
+
+
 def test_truncation_pulls_to_w_avg():
     G = Generator(GeneratorConfig.preset("tiny", 32, 1)).eval()
     G.estimate_w_avg(2000)

@@ -281,6 +281,69 @@ def test_finish_and_cli(data_dir, tmp_path):
     assert run(bad) == 2
 
 
+def test_noise_default_and_checkpoints_from_before_it(data_dir, tmp_path):
+    """A fresh run puts noise only in the two finest blocks and records it; a checkpoint from
+    before the setting (no such key) resumes with noise at every layer, as it was trained."""
+    fresh = tmp_path / "fresh"
+    train(_cfg(data_dir, fresh, iters=1))
+    ck = _ckpt(fresh)
+    assert ck["config"]["noise_min_res"] == 16 and ck["generator_config"]["noise_min_res"] == 16
+
+    out = tmp_path / "old"  # an old checkpoint: noise everywhere, and no key that says so
+    train(_cfg(data_dir, out, iters=2, noise_min_res=4))
+    ck = _ckpt(out)
+    del ck["config"]["noise_min_res"], ck["generator_config"]["noise_min_res"]
+    torch.save(ck, out / CHECKPOINT_NAME)
+    train(_cfg(data_dir, out, iters=3, resume=True))
+    after = _ckpt(out)
+    assert after["generator_config"]["noise_min_res"] == 4 and after["config"]["noise_min_res"] == 4
+    # every layer's noise strength is still a trained parameter (moved away from its zero start)
+    assert all(float(t) != 0 for k, t in after["G"].items() if k.endswith("noise_strength"))
+
+
+def test_init_from_checkpoint_and_bundle(data_dir, tmp_path):
+    """--init-from starts a new run from trained weights: from a slim resume checkpoint G (the
+    bundle's EMA) and D, from a bundle G alone; coarse noise is switched off when the new run
+    asks for it; a source of another shape is refused with what to change."""
+    import shutil
+
+    from rls_core.bundle import load_bundle
+
+    src = tmp_path / "src"
+    train(_cfg(data_dir, src, iters=4, noise_min_res=4, fit_prior_samples=300, flow_epochs=1))
+    moved = tmp_path / "kept"  # as in the repository: resume.pt and its bundle in another folder
+    moved.mkdir()
+    shutil.copy(src / RESUME_NAME, moved / "tiny.pt")
+    shutil.copy(src / "tiny.h5", moved / "tiny.h5")
+    slim = torch.load(src / RESUME_NAME, map_location="cpu", weights_only=True)
+    g_src = {k: torch.from_numpy(np.asarray(v)) for k, v in load_bundle(src / "tiny.h5").generator_state.items()}
+
+    out = tmp_path / "tuned"  # zero iterations: the written model is the starting point
+    train(_cfg(data_dir, out, iters=0, init_from=str(moved / "tiny.pt"), noise_min_res=16, fit_prior_samples=0))
+    tuned = load_bundle(out / "tiny.h5")
+    assert tuned.provenance["train_config"]["init_from"] == str(moved / "tiny.pt")
+    assert tuned.generator_config["noise_min_res"] == 16
+    for name, v in tuned.generator_state.items():
+        t = torch.from_numpy(np.asarray(v))
+        if name.endswith("noise_strength") and ".b16." not in name and ".b32." not in name:
+            assert float(t) == 0.0, name  # coarse noise switched off
+        elif name != "mapping.w_avg":  # (w_avg is estimated again at the end)
+            assert torch.equal(t, g_src[name].to(t.dtype)), name
+    d_tuned = torch.load(out / RESUME_NAME, map_location="cpu", weights_only=True)["D"]
+    for name, t in d_tuned.items():
+        assert torch.equal(t, slim["D"][name].to(t.dtype)), name
+
+    out2 = tmp_path / "from_bundle"
+    train(_cfg(data_dir, out2, iters=1, init_from=str(moved / "tiny.h5")))
+    assert _ckpt(out2)["iteration"] == 1
+    with pytest.raises(TrainError, match="2 channel.*this run has 1 channel"):
+        train(_cfg(data_dir, tmp_path / "wrong", channels=["DNA"], init_from=str(moved / "tiny.h5")))
+    with pytest.raises(TrainError, match="init-from"):
+        train(_cfg(data_dir, tmp_path / "missing", init_from=str(tmp_path / "nothing.h5")))
+    with pytest.raises(TrainError, match="no such checkpoint"):
+        train(_cfg(data_dir, tmp_path / "missing2", init_from=str(tmp_path / "nothing.pt")))
+
+
 @pytest.mark.filterwarnings("ignore:accel 'bf16'")
 def test_bf16_autocast_training_runs_and_compile_is_refused(data_dir, tmp_path):
     """`--accel bf16` trains (main passes in bfloat16, losses and R1 in float32): finite

@@ -50,8 +50,13 @@ def test_one_minute_run_then_resume(tmp_path):
     ck = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
     assert ck["slim"] and ck["iteration"] == it
 
+    # resume from the files as the repository keeps them (training/checkpoints/MODEL.pt + MODEL.h5)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (out / "resume.pt").rename(kept / "translocation.pt")
+    (out / "translocation.h5").rename(kept / "translocation.h5")
     again = tmp_path / "again"
-    r = _run(["translocation", 0.2, again, out], tmp_path)
+    r = _run(["translocation", 0.2, again, kept], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming" in (again / "train.log").read_text()
     assert load_bundle(again / "translocation.h5").provenance["iterations"] > it

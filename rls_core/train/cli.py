@@ -34,6 +34,8 @@ example (the campaign's translocation model, docs/models.md; standard preset, 12
   rls train data/train/translocation_s3000 -o runs/translocation_std --name translocation \\
       --iters 100000 --threads 1 --time-limit 120 --resume
   rls train -o runs/translocation_std --name translocation --finish   # bundle now
+  # fine-tune trained weights on your own fields (a new run folder):
+  rls train my_fields -o runs/my_assay --name my_assay --channels DNA,NFkB --init-from translocation
 
 how long it takes: docs/performance.md has seconds per iteration for each preset and
 thread count on a 2-core CPU (benchmarks/generator_speed.py measures your machine), and
@@ -78,6 +80,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "StyleGAN2; GPU), tiny (tests) (default: standard)")
     g.add_argument("--d-width", type=float, default=1.0,
                    help="discriminator widths = the preset's generator widths x this (default: 1)")
+    g.add_argument("--noise-min-res", type=int, default=None, metavar="PX",
+                   help="only layers of at least this resolution take a noise input (4: every layer, as in "
+                        "StyleGAN2). Searches keep the noise fixed, so coarse noise must not decide where "
+                        "cells are (docs/models.md) (default: half the resolution, i.e. the two finest blocks)")
+    g.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from trained weights instead of random ones (fine-tuning): a bundle or shipped "
+                        "model name (the generator; D starts afresh) or a checkpoint .pt of `rls train` (G and "
+                        "D; a slim resume.pt needs its bundle beside it). The generator's shape comes from it; "
+                        "--noise-min-res may switch off its coarse noise. Adam and the iteration count start afresh")
     g.add_argument("--data-seed", type=int, default=None,
                    help="seed that generated the data (e.g. of `rls simulate`); only recorded in provenance")
 
@@ -149,7 +160,8 @@ def config_from_args(args: argparse.Namespace):
         raise SystemExit("rls train: error: DATA_DIR is required (except with --finish)")
     return TrainConfig(
         data_dir=args.data_dir or "", outdir=args.outdir, name=args.name, channels=args.channels,
-        resolution=args.resolution, preset=args.preset, d_width=args.d_width, iters=args.iters,
+        resolution=args.resolution, preset=args.preset, d_width=args.d_width,
+        noise_min_res=args.noise_min_res, init_from=args.init_from, iters=args.iters,
         batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
         style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p,
         resume=args.resume, finish=args.finish, time_limit=args.time_limit,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..accel import autocast, resolve_accel
 from ..errors import RLSError
-from ..generator import Generator, GeneratorConfig
+from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
 from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
@@ -61,6 +61,8 @@ class TrainConfig:
     resolution: int = 128                   # HR crop / generator size (power of two)
     preset: str = "standard"                # generator size: one of rls_core.presets.PRESET_NAMES
     d_width: float = 1.0                    # discriminator widths = generator preset widths x this
+    noise_min_res: Optional[int] = None     # layers below this take no noise; None: fine_noise_min_res(resolution)
+    init_from: Optional[str] = None         # start from trained weights: a bundle (G) or a checkpoint .pt (G and D)
     iters: int = 3000                       # (run control) total iterations (G + D step each)
     batch: int = 16
     seed: int = 0
@@ -101,6 +103,10 @@ RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_
                "snapshot_every",
                "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
                "flow_epochs", "device", "accel", "threads", "progress", "data_seed", "command"}
+
+
+#: settings whose None on the command line means "not asked" (not "asked for None") on resume
+NOT_ASKED_IF_NONE = {"channels", "noise_min_res", "init_from"}
 
 
 class TrainError(RLSError, RuntimeError):
@@ -153,6 +159,7 @@ def _to_json_safe(cfg: TrainConfig) -> Dict[str, Any]:
 def _from_saved(d: Dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     d = {k: v for k, v in d.items() if k in known}
+    d.setdefault("noise_min_res", 4)  # runs from before the setting had noise at every layer
     if "betas" in d:
         d["betas"] = tuple(float(b) for b in d["betas"])
     return TrainConfig(**d)
@@ -181,9 +188,14 @@ class _State:
     commands: List[str] = field(default_factory=list)
 
 
-def _build(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
-    gcfg = GeneratorConfig.preset(cfg.preset, cfg.resolution, n_channels)
-    dcfg = DiscriminatorConfig.preset(cfg.preset, cfg.resolution, n_channels, cfg.d_width)
+def _configs(cfg: TrainConfig, n_channels: int) -> Tuple[GeneratorConfig, DiscriminatorConfig]:
+    """The network shapes of a fresh run, from the preset."""
+    noise_min_res = cfg.noise_min_res if cfg.noise_min_res is not None else fine_noise_min_res(cfg.resolution)
+    return (GeneratorConfig.preset(cfg.preset, cfg.resolution, n_channels, noise_min_res),
+            DiscriminatorConfig.preset(cfg.preset, cfg.resolution, n_channels, cfg.d_width))
+
+
+def _build(cfg: TrainConfig, gcfg: GeneratorConfig, dcfg: DiscriminatorConfig, device: torch.device) -> _State:
     torch.manual_seed(cfg.seed)
     G = Generator(gcfg).to(device).train()
     D = Discriminator(dcfg).to(device).train()
@@ -191,6 +203,56 @@ def _build(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
     opt_G = _make_opt(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
     opt_D = _make_opt(D, cfg, cfg.r1_interval if cfg.r1_gamma > 0 else None)
     return _State(G, D, G_ema, opt_G, opt_D, pl_mean=torch.zeros([], device=device))
+
+
+def _initial_state(cfg: TrainConfig, n_channels: int, device: torch.device) -> _State:
+    """A fresh run: random weights from the preset, or, with `init_from`, the weights of a trained
+    model (a fine-tune; Adam, the iteration count and the EMA ramp start afresh)."""
+    if not cfg.init_from:
+        return _build(cfg, *_configs(cfg, n_channels), device)
+    g_source, g_state, d_cfg, d_state = _init_source(cfg.init_from)
+    gcfg = GeneratorConfig.from_dict({**g_source, "noise_min_res": cfg.noise_min_res})
+    if gcfg.img_channels != n_channels or gcfg.resolution != cfg.resolution:
+        raise TrainError(f"--init-from {cfg.init_from}: its generator draws {gcfg.img_channels} channel(s) at "
+                         f"{gcfg.resolution} px; this run has {n_channels} channel(s) and --resolution "
+                         f"{cfg.resolution}; match them, or train from scratch")
+    dcfg = DiscriminatorConfig(**d_cfg) if d_cfg else _configs(cfg, n_channels)[1]
+    st = _build(cfg, gcfg, dcfg, device)
+    st.G.load_state_dict(g_state)
+    with torch.no_grad():  # a source with noise where this run has none: that noise is switched off
+        for G in (st.G, st.G_ema):
+            for layer in G.synthesis.layers():
+                if not layer.use_noise:
+                    layer.noise_strength.zero_()
+    st.G_ema.load_state_dict(st.G.state_dict())
+    if d_state is not None:
+        st.D.load_state_dict(d_state)
+    _say(f"initialised from {cfg.init_from}: G" + (" and D" if d_state is not None else " (D starts afresh)")
+         + f"; noise at layers >= {gcfg.noise_min_res} px")
+    return st
+
+
+def _init_source(source: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Optional[Dict[str, Any]],
+                                       Optional[Dict[str, torch.Tensor]]]:
+    """(generator config, EMA generator state, discriminator config or None, its state or None)
+    of a checkpoint .pt (full or slim: its bundle lies beside it) or of a bundle / shipped name."""
+    from ..bundle import BundleError, load_bundle
+    from ..registry import resolve_model
+
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".pt", ".pth"):
+        if not path.is_file():
+            raise TrainError(f"--init-from {source}: no such checkpoint; give a checkpoint.pt or resume.pt of "
+                             "`rls train`, a bundle .h5 or a shipped model name")
+        ckpt = load_checkpoint(path)
+        g_state = (_slim_generator_state(ckpt, path.parent) if ckpt.get("slim") else ckpt["G_ema"])
+        return ckpt["generator_config"], g_state, ckpt["discriminator_config"], ckpt["D"]
+    try:
+        bundle = load_bundle(resolve_model(source))
+    except BundleError as e:
+        raise TrainError(f"--init-from: {e}") from None
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
+    return dict(bundle.generator_config), state, None, None
 
 
 def _run_state(st: _State, cfg: TrainConfig, rng: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
@@ -271,10 +333,10 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 
 
 def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _State:
-    gcfg = GeneratorConfig.from_dict(ckpt["generator_config"])
-    st = _build(cfg, gcfg.img_channels, device)
+    st = _build(cfg, GeneratorConfig.from_dict(ckpt["generator_config"]),
+                DiscriminatorConfig(**ckpt["discriminator_config"]), device)
     if ckpt.get("slim"):
-        return _restore_slim(st, ckpt, cfg)
+        return _restore_slim(st, ckpt, Path(cfg.outdir).expanduser())
     st.G.load_state_dict(ckpt["G"])
     st.D.load_state_dict(ckpt["D"])
     st.G_ema.load_state_dict(ckpt["G_ema"])
@@ -287,11 +349,11 @@ def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _S
     return st
 
 
-def _restore_slim(st: _State, ckpt: Dict[str, Any], cfg: TrainConfig) -> _State:
-    """G and G_ema from the bundle written with this checkpoint, D from the checkpoint."""
+def _slim_generator_state(ckpt: Dict[str, Any], folder: Path) -> Dict[str, torch.Tensor]:
+    """The EMA generator of a slim checkpoint: the bundle written beside it in `folder`."""
     from ..bundle import BundleError, load_bundle
 
-    path = Path(cfg.outdir).expanduser() / str(ckpt["bundle"])
+    path = folder / str(ckpt["bundle"])
     hint = (f"a slim checkpoint ({RESUME_NAME}) resumes with the bundle written beside it: copy that "
             f"bundle to {path}")
     try:
@@ -301,7 +363,12 @@ def _restore_slim(st: _State, ckpt: Dict[str, Any], cfg: TrainConfig) -> _State:
     if int(bundle.provenance.get("iterations", -1)) != int(ckpt["iteration"]):
         raise TrainError(f"{path} was written at iteration {bundle.provenance.get('iterations')}, the "
                          f"checkpoint at {ckpt['iteration']}; {hint}")
-    state = {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
+
+
+def _restore_slim(st: _State, ckpt: Dict[str, Any], folder: Path) -> _State:
+    """G and G_ema from the bundle written with this checkpoint, D from the checkpoint."""
+    state = _slim_generator_state(ckpt, folder)
     st.G.load_state_dict(state)
     st.G_ema.load_state_dict(state)
     st.D.load_state_dict(ckpt["D"])
@@ -331,7 +398,7 @@ def _merge_resumed(saved: TrainConfig, given: TrainConfig, quiet: bool = False) 
     ignored = [f"{f.name}={getattr(saved, f.name)!r} (asked {getattr(given, f.name)!r})"
                for f in fields(TrainConfig)
                if f.name not in RUN_CONTROL and getattr(saved, f.name) != getattr(given, f.name)
-               and not (f.name == "channels" and given.channels is None)]
+               and not (f.name in NOT_ASKED_IF_NONE and getattr(given, f.name) is None)]
     if ignored and not quiet:
         _say("resuming with the checkpoint's settings: " + "; ".join(ignored))
     return replace(saved, **{k: getattr(given, k) for k in RUN_CONTROL})
@@ -561,6 +628,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainError("augment_p and style_mixing are probabilities in [0, 1]")
     if cfg.resume and cfg.finish:
         raise TrainError("--finish already continues from the checkpoint; drop --resume")
+    if cfg.noise_min_res is not None and cfg.noise_min_res < 4:
+        raise TrainError(f"--noise-min-res must be >= 4 (4: noise at every layer), got {cfg.noise_min_res}")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -655,7 +724,9 @@ def _setup(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], outdir: Path, ckpt_
         _restore_rng(ckpt, sampler, device)
         _say(f"resumed {ckpt_path} at iteration {st.iteration} ({st.iteration * cfg.batch / 1000:.1f} kimg)")
     else:
-        st = _build(cfg, len(fs.channel_names), device)
+        if cfg.noise_min_res is None:  # record the resolved default, so a resume rebuilds the same network
+            cfg = replace(cfg, noise_min_res=fine_noise_min_res(cfg.resolution))
+        st = _initial_state(cfg, len(fs.channel_names), device)
         outdir.mkdir(parents=True, exist_ok=True)
         save_grid(CropSampler(fs, cfg.resolution, seed=cfg.seed + 1).sample(GRID_SIZE), outdir / "reals.png")
         _say(f"{len(fs.fields)} fields, channels {fs.channel_names}, normalisation "
