@@ -382,6 +382,8 @@ def bundle_summary(bundle: ModelBundle) -> str:
         f"resolution   {cfg.resolution} px HR tiles; LR tile {cfg.resolution // 16} px at 16x, {cfg.resolution // 32} px at 32x",
         f"generator    z {cfg.z_dim}, w {cfg.w_dim}, mapping {cfg.mapping_layers} layers, "
         f"channels {list(cfg.channels)}, {cfg.num_ws} W+ rows, {n_params / 1e6:.2f} M parameters",
+        "noise        " + ("at every layer" if cfg.noise_min_res <= 4 else f"at layers of {cfg.noise_min_res} px and up")
+        + " (benchmarks/noise_dependence.py: how much the LR image depends on it)",
         "normalization " + "; ".join(f"{c}: [{n['low']:.4g}, {n['high']:.4g}]"
                                       for c, n in zip(bundle.channel_names, bundle.normalization)),
         f"latent prior {'fitted' if bundle.has_prior else 'MISSING (run `rls fit-prior`)'}"
