@@ -333,9 +333,12 @@ def test_init_from_checkpoint_and_bundle(data_dir, tmp_path):
     for name, t in d_tuned.items():
         assert torch.equal(t, slim["D"][name].to(t.dtype)), name
 
-    out2 = tmp_path / "from_bundle"
-    train(_cfg(data_dir, out2, iters=1, init_from=str(moved / "tiny.h5")))
-    assert _ckpt(out2)["iteration"] == 1
+    out2 = tmp_path / "from_bundle"  # D starts afresh, as wide as the source generator
+    train(_cfg(data_dir, out2, iters=1, preset="cpu", init_from=str(moved / "tiny.h5")))
+    ck2 = _ckpt(out2)
+    assert ck2["iteration"] == 1
+    assert list(ck2["generator_config"]["channels"]) == list(slim["generator_config"]["channels"])
+    assert list(ck2["discriminator_config"]["channels"]) == list(slim["discriminator_config"]["channels"])
     with pytest.raises(TrainError, match="2 channel.*this run has 1 channel"):
         train(_cfg(data_dir, tmp_path / "wrong", channels=["DNA"], init_from=str(moved / "tiny.h5")))
     with pytest.raises(TrainError, match="init-from"):

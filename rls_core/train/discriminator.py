@@ -46,9 +46,13 @@ class DiscriminatorConfig:
     def preset(cls, name: str, resolution: int = 128, img_channels: int = 2,
                width_mult: float = 1.0) -> "DiscriminatorConfig":
         """Mirror the widths of the generator preset of the same name (x `width_mult`)."""
-        g = GeneratorConfig.preset(name, resolution, img_channels)
+        return cls.mirror(GeneratorConfig.preset(name, resolution, img_channels), width_mult)
+
+    @classmethod
+    def mirror(cls, g: GeneratorConfig, width_mult: float = 1.0) -> "DiscriminatorConfig":
+        """A discriminator as wide as generator `g` at every resolution (x `width_mult`)."""
         ch = tuple(max(1, min(512, int(round(c * width_mult)))) for c in g.channels)
-        return cls(resolution, img_channels, ch)
+        return cls(g.resolution, g.img_channels, ch)
 
 
 class EqualConv2d(nn.Module):

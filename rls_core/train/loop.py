@@ -216,7 +216,8 @@ def _initial_state(cfg: TrainConfig, n_channels: int, device: torch.device) -> _
         raise TrainError(f"--init-from {cfg.init_from}: its generator draws {gcfg.img_channels} channel(s) at "
                          f"{gcfg.resolution} px; this run has {n_channels} channel(s) and --resolution "
                          f"{cfg.resolution}; match them, or train from scratch")
-    dcfg = DiscriminatorConfig(**d_cfg) if d_cfg else _configs(cfg, n_channels)[1]
+    # a fresh D mirrors the source generator's widths, as the presets pair them
+    dcfg = DiscriminatorConfig(**d_cfg) if d_cfg else DiscriminatorConfig.mirror(gcfg, cfg.d_width)
     st = _build(cfg, gcfg, dcfg, device)
     st.G.load_state_dict(g_state)
     with torch.no_grad():  # a source with noise where this run has none: that noise is switched off
