@@ -64,12 +64,17 @@ class ModelBundle:
         return self.latent is not None and self.flow_state is not None
 
     # --- torch-side constructors (torch imported lazily so `rls info` stays light) ---
-    def build_generator(self, device: Any = "cpu"):
+    def generator_tensors(self) -> Dict[str, Any]:
+        """The generator's state dict as torch tensors (as stored: float16 bundles stay float16)."""
         import torch
+
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in self.generator_state.items()}
+
+    def build_generator(self, device: Any = "cpu"):
         from .generator import Generator, GeneratorConfig
 
         G = Generator(GeneratorConfig.from_dict(self.generator_config))
-        state = {k: torch.from_numpy(np.asarray(v)) for k, v in self.generator_state.items()}
+        state = self.generator_tensors()
         try:
             G.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -189,9 +189,8 @@ class _State:
 
 
 def _configs(cfg: TrainConfig, n_channels: int) -> Tuple[GeneratorConfig, DiscriminatorConfig]:
-    """The network shapes of a fresh run, from the preset."""
-    noise_min_res = cfg.noise_min_res if cfg.noise_min_res is not None else fine_noise_min_res(cfg.resolution)
-    return (GeneratorConfig.preset(cfg.preset, cfg.resolution, n_channels, noise_min_res),
+    """The network shapes of a fresh run, from the preset (`noise_min_res` resolved by `_setup`)."""
+    return (GeneratorConfig.preset(cfg.preset, cfg.resolution, n_channels, cfg.noise_min_res),
             DiscriminatorConfig.preset(cfg.preset, cfg.resolution, n_channels, cfg.d_width))
 
 
@@ -221,10 +220,9 @@ def _initial_state(cfg: TrainConfig, n_channels: int, device: torch.device) -> _
     st = _build(cfg, gcfg, dcfg, device)
     st.G.load_state_dict(g_state)
     with torch.no_grad():  # a source with noise where this run has none: that noise is switched off
-        for G in (st.G, st.G_ema):
-            for layer in G.synthesis.layers():
-                if not layer.use_noise:
-                    layer.noise_strength.zero_()
+        for layer in st.G.synthesis.layers():
+            if not layer.use_noise:
+                layer.noise_strength.zero_()
     st.G_ema.load_state_dict(st.G.state_dict())
     if d_state is not None:
         st.D.load_state_dict(d_state)
@@ -252,8 +250,7 @@ def _init_source(source: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], 
         bundle = load_bundle(resolve_model(source))
     except BundleError as e:
         raise TrainError(f"--init-from: {e}") from None
-    state = {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
-    return dict(bundle.generator_config), state, None, None
+    return dict(bundle.generator_config), bundle.generator_tensors(), None, None
 
 
 def _run_state(st: _State, cfg: TrainConfig, rng: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
@@ -364,7 +361,7 @@ def _slim_generator_state(ckpt: Dict[str, Any], folder: Path) -> Dict[str, torch
     if int(bundle.provenance.get("iterations", -1)) != int(ckpt["iteration"]):
         raise TrainError(f"{path} was written at iteration {bundle.provenance.get('iterations')}, the "
                          f"checkpoint at {ckpt['iteration']}; {hint}")
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in bundle.generator_state.items()}
+    return bundle.generator_tensors()
 
 
 def _restore_slim(st: _State, ckpt: Dict[str, Any], folder: Path) -> _State:
