@@ -47,9 +47,7 @@ def main(argv=None) -> int:
     def streams(offset: int):
         return [torch.Generator().manual_seed(args.seed + offset + i) for i in range(n)]
 
-    gens = streams(0)
-    w = model.sample_w(gens)
-    noise = model.random_noise(gens)
+    w, noise, ref = model.single_w_samples(streams(0))
     other_noise = model.random_noise(streams(10_000))
     other_w = model.sample_w(streams(20_000))
 
@@ -57,7 +55,6 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return model.render(w_single[:, None].repeat(1, model.num_ws, 1), nz).clamp(0, 1)
 
-    ref = render(w, noise)
     print(f"{model.name}: {n} single-w samples, LR = {args.factor}x bicubic; median PSNR against the sample "
           "(higher = the change matters less)")
     print("noise strength per layer (resolution: strength): "

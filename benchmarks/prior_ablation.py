@@ -8,7 +8,13 @@ converged share per variant: a search that cannot reach the LR input shows here 
 With `--source generated` the crops are the model's own samples, each drawn from a single w
 (no style mixing). Such a crop lies on the generator's range by construction, so a variant that
 fails here fails because of its search (weights, start, steps), not because the generator cannot
-draw the data; comparing both sources separates the two causes.
+draw the data; comparing both sources separates the two causes. There the sample's true code is
+known too, so each variant's loss is also evaluated at the true code (W+ = that w repeated, with
+the search's noise) and at the code the search returned. "objective wrong" counts the crops whose
+returned code scores *better* than the truth: the loss itself prefers the wrong image, and no
+optimiser can fix that (weights or the priors must change). Where the truth scores better, the
+optimiser stopped short (steps, learning rate, start). The per-term differences (returned minus
+true, median) show which term pulls the search away.
 
     python benchmarks/prior_ablation.py training/checkpoints/translocation.h5 \
         data/train/translocation_s3000 --steps 200 --threads 1
@@ -20,16 +26,19 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+#: name -> (table method, make_reconstructor options): the paper's RLS with one change each
 VARIANTS = {
-    "plain": ("plain", None),
+    "plain": ("plain", {}),
     "rls": ("rls", {}),
-    "no_pcross": ("rls", {"lambda_cross": 0.0}),
-    "no_pw": ("rls", {"lambda_logp": 0.0, "lambda_pnorm": 0.0}),
-    "no_pnorm": ("rls", {"lambda_pnorm": 0.0}),
-    "cross0.05": ("rls", {"lambda_cross": 0.05}),
+    "no_pcross": ("rls", {"weights": {"lambda_cross": 0.0}}),
+    "no_pw": ("rls", {"weights": {"lambda_logp": 0.0, "lambda_pnorm": 0.0}}),
+    "no_pnorm": ("rls", {"weights": {"lambda_pnorm": 0.0}}),
+    "cross0.05": ("rls", {"weights": {"lambda_cross": 0.05}}),
+    "gauss": ("rls", {"p_w": "gaussian"}),  # the flow replaced by the LeakyReLU Gaussian (--p-w gaussian)
 }
 
 
@@ -49,15 +58,35 @@ def load_crops(model, folder: Path, n: int, size: int) -> np.ndarray:
     return np.stack(crops).astype(np.float32)
 
 
-def generated_crops(model, n: int, seed: int = 12345) -> np.ndarray:
-    """n samples of the model, one single w each (the search's own p_cross ideal), in [0, 1]."""
+def generated_crops(model, n: int, seed: int = 12345) -> Tuple[np.ndarray, "torch.Tensor"]:
+    """n single-w samples of the model in [0, 1] and their codes (n, D)."""
     import torch
 
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    w = model.sample_w(gens)
-    with torch.no_grad():
-        img = model.render(w[:, None].repeat(1, model.num_ws, 1), noise=model.random_noise(gens))
-    return img.clamp(0, 1).cpu().numpy().astype(np.float32)
+    w, _, img = model.single_w_samples([torch.Generator().manual_seed(seed + i) for i in range(n)])
+    return img.cpu().numpy().astype(np.float32), w
+
+
+def objective_check(search, w_true, y, steps: int, seeds: List[int]) -> Tuple[np.ndarray, Dict[str, np.ndarray], Any]:
+    """Run `search` and score its loss terms at the returned code and at the true one.
+
+    Returns (LR-PSNR per crop, returned-minus-true per term and "total", the search result).
+    Both codes render with the search's own noise, as the search sees them."""
+    import torch
+
+    res = search.run(y, seeds, steps=steps)
+    model = search.model
+
+    def terms(w_plus):
+        with torch.no_grad():
+            x_lr = search.operator(model.render(w_plus, res.noise))
+            t = search.loss_terms({}, w_plus, x_lr, y)
+        return {k: v.float().cpu().numpy() for k, v in t.items()}
+
+    found = terms(res.w_plus)
+    true = terms(w_true[:, None].repeat(1, model.num_ws, 1).to(res.w_plus))
+    gap = {k: found[k] - true[k] for k in found}
+    gap["total"] = sum(gap.values())
+    return res.lr_psnr.cpu().numpy(), gap, res
 
 
 def main(argv=None) -> int:
@@ -82,23 +111,36 @@ def main(argv=None) -> int:
     from rls_core.model import load_model
     from rls_core.operators import make_operator
     from rls_core.reconstruct import make_reconstructor, reconstruct_tiles
-    from rls_core.seeding import TileKey
+    from rls_core.seeding import TileKey, tile_seeds
 
     model = load_model(args.model, "cpu")
-    hr = (load_crops(model, args.data, args.crops, model.resolution) if args.source == "data"
-          else generated_crops(model, args.crops))
+    w_true = None
+    if args.source == "data":
+        hr = load_crops(model, args.data, args.crops, model.resolution)
+    else:
+        hr, w_true = generated_crops(model, args.crops)
     lr = make_operator("bicubic", args.factor)(torch.from_numpy(hr)).clamp(0, 1).numpy()
     keys = [TileKey(f"crop{i}", 0, 0) for i in range(len(lr))]
     print(f"{model.name}: {len(lr)} {args.source} crops, {args.factor}x, {args.steps} steps, {args.threads} thread(s)")
-    print(f"{'variant':<10} {'median':>7} {'min':>6} {'max':>6} {'converged':>10} {'seconds':>8}")
+    header = f"{'variant':<10} {'median':>7} {'min':>6} {'max':>6} {'converged':>10} {'seconds':>8}"
+    print(header + ("  objective wrong   returned - true code, median per term" if w_true is not None else ""))
     for name in args.variants.split(","):
-        method, weights = VARIANTS[name]
+        method, options = VARIANTS[name]
         t0 = time.perf_counter()
-        recon = make_reconstructor(model, method, args.factor, "bicubic", 1, weights=weights, steps=args.steps)
-        res = reconstruct_tiles(recon, lr, keys, 0, batch_size=len(lr))
-        ps = res.lr_psnr[:, 0]
-        print(f"{name:<10} {np.median(ps):7.1f} {ps.min():6.1f} {ps.max():6.1f} {100 * res.converged.mean():9.0f}% "
-              f"{time.perf_counter() - t0:8.0f}", flush=True)
+        recon = make_reconstructor(model, method, args.factor, "bicubic", 1, steps=args.steps, **options)
+        if w_true is None:
+            res = reconstruct_tiles(recon, lr, keys, 0, batch_size=len(lr))
+            ps, conv, extra = res.lr_psnr[:, 0], res.converged[:, 0], ""
+        else:
+            # The search itself (same per-tile seeds as the reconstructor uses), to keep its codes.
+            ps, gap, out = objective_check(recon.search, w_true, torch.from_numpy(lr), args.steps,
+                                           tile_seeds(0, keys, 1))
+            conv = out.converged.cpu().numpy()
+            wrong = int((gap["total"] < 0).sum())
+            extra = f"  {wrong:>3} of {len(lr):<3}        " + ", ".join(
+                f"{k} {np.median(v):+.3f}" for k, v in gap.items())
+        print(f"{name:<10} {np.median(ps):7.1f} {ps.min():6.1f} {ps.max():6.1f} {100 * conv.mean():9.0f}% "
+              f"{time.perf_counter() - t0:8.0f}" + extra, flush=True)
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
 from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError
-from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
+from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 EPILOG = """\
 examples:
@@ -240,7 +240,7 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
             G.estimate_w_avg(n=min(args.samples, 100_000), seed=args.seed)
     bundle.generator_state["mapping.w_avg"] = G.mapping.w_avg.detach().cpu().numpy()
     fit_bundle_prior(bundle, G, n_samples=args.samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
-                     flow_epochs=args.flow_epochs, seed=args.seed, device=dev)
+                     flow_epochs=args.flow_epochs, seed=args.seed, device=dev, flow_noise=args.flow_noise)
     dest = save_bundle(bundle, args.output or path)
     print(f"wrote latent prior into {dest} ({time.perf_counter() - t0:.0f} s)")
     return 0
@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-hidden", type=int, default=None, help="MADE hidden units (default: 2 x w_dim up to 128-d "
                    "latents, 128 for wider ones; the authors used 1024 at 512-d)")
     p.add_argument("--flow-epochs", type=int, default=FLOW_EPOCHS, help="flow training epochs (default: %(default)s)")
+    p.add_argument("--flow-noise", type=float, default=FLOW_NOISE, metavar="S", help=FLOW_NOISE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_fit_prior)

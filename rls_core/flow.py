@@ -163,7 +163,8 @@ def _mean_nll(flow: MAF, x: Tensor, batch_size: int) -> float:
 
 def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int = 20,
              batch_size: int = 1024, lr: float = 1e-3, seed: int = 0, val_fraction: float = 0.05,
-             progress: bool = True, device=None, calibration_samples: int = 16384) -> MAF:
+             progress: bool = True, device=None, calibration_samples: int = 16384,
+             noise_std: float = 0.0) -> MAF:
     """Maximum-likelihood fit of a MAF to `samples` (N, dim) with Adam.
 
     Keeps the state with the best validation NLL (the training NLL when there is no
@@ -172,6 +173,10 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
     samples (a full pass per epoch cost as much as the epoch's training); the returned flow is
     calibrated on the whole training split.
     The global RNG is left untouched; `seed` fixes initialisation, split and shuffling.
+    `noise_std` > 0 fits the density of the samples plus Gaussian noise of that size (fresh noise
+    in every batch; the batch-norm calibrations see noisy samples too, the validation score
+    clean ones): a smoother density between and around the samples, with fewer narrow peaks
+    for a search to climb.
     """
     if samples.dim() != 2 or samples.shape[0] < 2:
         raise ValueError(f"fit_flow needs (N >= 2, dim) samples, got shape {tuple(samples.shape)}")
@@ -190,7 +195,10 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
     flow.to(device)
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
 
-    x_calib = x_train[:calibration_samples]  # already in random order
+    def noisy(t: Tensor) -> Tensor:
+        return t + noise_std * torch.randn(t.shape, generator=gen).to(t) if noise_std > 0 else t
+
+    x_calib = noisy(x_train[:calibration_samples])  # already in random order
     best, best_state = math.inf, copy.deepcopy(flow.state_dict())
     bar = tqdm(range(epochs), desc="fit flow", disable=not progress)
     for _ in bar:
@@ -201,6 +209,7 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
             batch = x_train[order[i:i + batch_size]]
             if batch.shape[0] < 2:  # batch statistics need two samples
                 continue
+            batch = noisy(batch)
             loss = -flow.log_prob(batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,4 +224,4 @@ def fit_flow(samples: Tensor, n_blocks: int = 5, hidden: int = 1024, epochs: int
         bar.set_postfix(val_nll_per_dim=f"{score / dim:.4f}", best=f"{best / dim:.4f}")
     bar.close()
     flow.load_state_dict(best_state)
-    return flow.eval().calibrate_(x_train, batch_size=max(batch_size, 8192))
+    return flow.eval().calibrate_(noisy(x_train), batch_size=max(batch_size, 8192))

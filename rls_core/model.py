@@ -125,6 +125,18 @@ class LoadedModel:
         return [torch.cat([torch.randn(1, 1, h, w, generator=g) for g in gens]).to(self.device)
                 for h, w in self.G.synthesis.noise_shapes()]
 
+    def single_w_samples(self, gens: Sequence[torch.Generator]
+                         ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
+        """The model's own samples, one w (no style mixing) and one noise set per generator:
+        (w (B, D), noise maps, images (B, C, H, W) in [0, 1], clipped). Such an image lies on the
+        generator's range with W+ = w repeated, the code p_cross favours, so a search should
+        reach it exactly; the diagnostics use them to tell search failures from model failures."""
+        w = self.sample_w(gens)
+        noise = self.random_noise(gens)
+        with torch.no_grad():
+            img = self.render(w[:, None].repeat(1, self.num_ws, 1), noise).clamp(0, 1)
+        return w, noise, img
+
 
 _CACHE: Dict[Tuple[str, float, str, str], LoadedModel] = {}
 _LOCK = threading.Lock()

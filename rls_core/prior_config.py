@@ -11,6 +11,12 @@ PRIOR_SAMPLES = 100_000
 FLOW_BLOCKS = 5
 #: flow training epochs
 FLOW_EPOCHS = 20
+#: std of the Gaussian noise the flow is fitted through (standardised w units); 0: the samples as they are
+FLOW_NOISE = 0.0
+FLOW_NOISE_HELP = ("fit the flow to the mapped samples plus Gaussian noise of this std (per-dimension standardised "
+                   "units): a smoother density with fewer narrow peaks for RLS's p_w term to climb off the "
+                   "samples (docs/models.md, 'the search climbs the flow'); 0 fits the samples as they are "
+                   "(default: %(default)s)")
 
 
 def default_flow_hidden(w_dim: int) -> int:

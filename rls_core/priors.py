@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .bundle import set_prior
 from .flow import MAF, fit_flow
-from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES, default_flow_hidden
+from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES, default_flow_hidden
 
 ArrayLike = Union[np.ndarray, Tensor]
 PULSE_SLOPE = 5.0      # LeakyReLU(5) undoes the mapping's last LeakyReLU(0.2): Gaussian-ish
@@ -109,29 +109,31 @@ def fit_latent_stats(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples:
 
 def fit_prior(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples: int = PRIOR_SAMPLES,
               flow_blocks: int = FLOW_BLOCKS, flow_hidden: Optional[int] = None, flow_epochs: int = FLOW_EPOCHS,
-              seed: int = 0, device=None, progress: bool = True) -> Tuple[LatentStats, MAF]:
+              seed: int = 0, device=None, progress: bool = True,
+              flow_noise: float = FLOW_NOISE) -> Tuple[LatentStats, MAF]:
     """The `rls fit-prior` computation: latent statistics, then a MAF on standardised w."""
     stats, w = fit_latent_stats(mapping, z_dim, n_samples, seed=seed, device=device, progress=progress)
     d = w.shape[1]
     w_std = (w - torch.from_numpy(stats.w_mean)) / torch.from_numpy(stats.w_std)
     flow_device = torch.device(device) if device is not None else _infer_device(mapping)
     flow = fit_flow(w_std, n_blocks=flow_blocks, hidden=flow_hidden or default_flow_hidden(d), epochs=flow_epochs,
-                    seed=seed, progress=progress, device=flow_device)
+                    seed=seed, progress=progress, device=flow_device, noise_std=flow_noise)
     return stats, flow
 
 
 def fit_bundle_prior(bundle, G, n_samples: int = PRIOR_SAMPLES, flow_blocks: int = FLOW_BLOCKS,
                      flow_hidden: Optional[int] = None, flow_epochs: int = FLOW_EPOCHS, seed: int = 0, device=None,
-                     progress: bool = True) -> Dict[str, Any]:
+                     progress: bool = True, flow_noise: float = FLOW_NOISE) -> Dict[str, Any]:
     """The one way a latent prior gets into a bundle (`rls fit-prior`, `rls import --fit-prior`,
     `rls train`): fit it on `G`'s mapping network, store it, and record how in
     `bundle.provenance["prior"]`, which it also returns."""
     t0 = time.perf_counter()
     stats, flow = fit_prior(G.mapping, G.cfg.z_dim, n_samples=n_samples, flow_blocks=flow_blocks,
                             flow_hidden=flow_hidden, flow_epochs=flow_epochs, seed=seed, device=device,
-                            progress=progress)
+                            progress=progress, flow_noise=flow_noise)
     set_prior(bundle, stats, flow)
     info = {"fitted": True, "n_samples": int(n_samples), "flow": flow.config(), "flow_epochs": int(flow_epochs),
+            "flow_noise": float(flow_noise),
             "seed": int(seed), "seconds": round(time.perf_counter() - t0, 1)}
     bundle.provenance["prior"] = info
     return info

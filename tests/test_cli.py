@@ -239,7 +239,7 @@ def test_fit_prior_completes_a_bare_bundle(tmp_path, capsys):
     assert main(["fit-prior", str(p), "--samples", "3000", "--flow-epochs", "1", "--flow-hidden", "32"]) == 0
     b = load_bundle(p)
     assert b.has_prior and b.provenance["prior"]["n_samples"] == 3000
-    assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "seed", "seconds"}
+    assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "flow_noise", "seed", "seconds"}
 
 
 def test_console_script_help():

@@ -131,6 +131,17 @@ def test_fit_flow_is_seeded():
     assert torch.equal(f1.log_prob(x), f2.log_prob(x))
 
 
+def test_fit_flow_noise_fits_the_noise_widened_density():
+    """noise_std s: the flow models samples + N(0, s^2), calibration included, so clean data of
+    variance v lands at variance v / (v + s^2) after the flow (1 without noise)."""
+    x = 0.5 * torch.randn(8000, 4, generator=torch.Generator().manual_seed(2))
+    for s, expected in ((0.0, 1.0), (0.5, 0.5)):
+        flow = fit_flow(x, n_blocks=1, hidden=16, epochs=3, batch_size=256, seed=0, progress=False, noise_std=s)
+        with torch.no_grad():
+            u, _ = flow(x)
+        assert abs(u.var(0).mean().item() - expected) < 0.1, (s, u.var(0))
+
+
 def test_fit_flow_rejects_bad_input():
     with pytest.raises(ValueError):
         fit_flow(torch.randn(10), progress=False)

@@ -436,7 +436,7 @@ def test_cli_fit_prior(tmp_path):
     assert rc == 0
     b = load_bundle(out)
     assert b.has_prior and b.provenance["prior"]["n_samples"] == 2000
-    assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "seed", "seconds"}
+    assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "flow_noise", "seed", "seconds"}
     G = b.build_generator()
     _assert_all_close(check_nvlabs(G, "nvlabs_small_gray"))  # fitting the prior leaves the weights alone
 

@@ -184,7 +184,7 @@ def test_train_run_checkpoint_and_bundle(data_dir, tmp_path):
     for key in ("command", "wall_time_s", "device", "torch", "date", "git_commit", "train_config"):
         assert key in prov
     # the one provenance shape of a fitted prior (as `rls fit-prior` and `rls import --fit-prior` write it)
-    assert set(prov["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "seed", "seconds"}
+    assert set(prov["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "flow_noise", "seed", "seconds"}
     assert prov["prior"]["n_samples"] == 300 and prov["prior"]["flow_epochs"] == 1
     G = b.build_generator()
     assert G.cfg.resolution == 32 and G.cfg.img_channels == 2

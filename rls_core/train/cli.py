@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..presets import PRESET_NAMES
-from ..prior_config import FLOW_EPOCHS, PRIOR_SAMPLES
+from ..prior_config import FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 DESCRIPTION = """\
 Train a StyleGAN2 generator on high-resolution fields of one assay, then fit its latent
@@ -146,6 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="mapped samples for the latent statistics and the flow; 0 skips the prior "
                         "(run `rls fit-prior` later) (default: 100000)")
     g.add_argument("--flow-epochs", type=int, default=FLOW_EPOCHS, help="MAF training epochs (default: %(default)s)")
+    g.add_argument("--flow-noise", type=float, default=FLOW_NOISE, metavar="S", help=FLOW_NOISE_HELP)
     g.add_argument("--flow-blocks", type=int, default=5, help="MAF blocks (default: 5, as in the paper)")
     g.add_argument("--flow-hidden", type=int, default=None,
                    help="MAF hidden width (default: 2 x w_dim up to 128-d latents, 128 for wider "
@@ -168,7 +169,7 @@ def config_from_args(args: argparse.Namespace):
         finish_at_limit=args.finish_at_limit,
         snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
-        flow_epochs=args.flow_epochs, device=args.device, accel=args.accel, threads=args.threads,
+        flow_epochs=args.flow_epochs, flow_noise=args.flow_noise, device=args.device, accel=args.accel, threads=args.threads,
         progress=not args.no_progress, data_seed=args.data_seed,
         command=" ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:]),
     )

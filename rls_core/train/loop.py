@@ -36,7 +36,7 @@ from ..accel import autocast, resolve_accel
 from ..errors import RLSError
 from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
-from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, PRIOR_SAMPLES
+from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
@@ -91,6 +91,7 @@ class TrainConfig:
     flow_blocks: int = FLOW_BLOCKS          # (run control)
     flow_hidden: Optional[int] = None       # (run control) None: 2 x w_dim
     flow_epochs: int = FLOW_EPOCHS          # (run control)
+    flow_noise: float = FLOW_NOISE          # (run control) noise the flow is fitted through
     device: str = "auto"                    # (run control) auto | cpu | cuda[:i]
     accel: str = "none"                     # (run control) none | bf16 (autocast of the main passes) | auto
     threads: Optional[int] = None           # (run control) torch CPU threads
@@ -102,7 +103,7 @@ class TrainConfig:
 RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_limit", "finish_at_limit",
                "snapshot_every",
                "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
-               "flow_epochs", "device", "accel", "threads", "progress", "data_seed", "command"}
+               "flow_epochs", "flow_noise", "device", "accel", "threads", "progress", "data_seed", "command"}
 
 
 #: settings whose None on the command line means "not asked" (not "asked for None") on resume
@@ -585,7 +586,7 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
 
         fit_bundle_prior(bundle, G, n_samples=int(cfg.fit_prior_samples), flow_blocks=cfg.flow_blocks,
                          flow_hidden=cfg.flow_hidden, flow_epochs=cfg.flow_epochs, seed=cfg.seed, device=device,
-                         progress=cfg.progress)
+                         progress=cfg.progress, flow_noise=cfg.flow_noise)
     path = save_bundle(bundle, Path(cfg.outdir) / f"{cfg.name}.h5", half=True)
     resume = save_resume_checkpoint(Path(cfg.outdir) / RESUME_NAME, st, cfg, rng, data, path)
     _say(f"wrote {path} and {resume} (keep the two together to resume)")
