@@ -98,6 +98,7 @@ def main(argv=None) -> int:
                     help="crops of DATA, or the model's own single-w samples (default: data)")
     ap.add_argument("--factor", type=int, default=16)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=None, help="base learning rate (default: each method's)")
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
@@ -124,10 +125,12 @@ def main(argv=None) -> int:
     print(f"{model.name}: {len(lr)} {args.source} crops, {args.factor}x, {args.steps} steps, {args.threads} thread(s)")
     header = f"{'variant':<10} {'median':>7} {'min':>6} {'max':>6} {'converged':>10} {'seconds':>8}"
     print(header + ("  objective wrong   returned - true code, median per term" if w_true is not None else ""))
+    returned = {}
     for name in args.variants.split(","):
         method, options = VARIANTS[name]
         t0 = time.perf_counter()
-        recon = make_reconstructor(model, method, args.factor, "bicubic", 1, steps=args.steps, **options)
+        recon = make_reconstructor(model, method, args.factor, "bicubic", 1, steps=args.steps,
+                                   learning_rate=args.lr, **options)
         if w_true is None:
             res = reconstruct_tiles(recon, lr, keys, 0, batch_size=len(lr))
             ps, conv, extra = res.lr_psnr[:, 0], res.converged[:, 0], ""
@@ -136,12 +139,34 @@ def main(argv=None) -> int:
             ps, gap, out = objective_check(recon.search, w_true, torch.from_numpy(lr), args.steps,
                                            tile_seeds(0, keys, 1))
             conv = out.converged.cpu().numpy()
+            returned[name] = out.w_plus
             wrong = int((gap["total"] < 0).sum())
             extra = f"  {wrong:>3} of {len(lr):<3}        " + ", ".join(
                 f"{k} {np.median(v):+.3f}" for k, v in gap.items())
         print(f"{name:<10} {np.median(ps):7.1f} {ps.min():6.1f} {ps.max():6.1f} {100 * conv.mean():9.0f}% "
               f"{time.perf_counter() - t0:8.0f}" + extra, flush=True)
+    if returned and model.bundle.has_prior:
+        flow_report(model, returned)
     return 0
+
+
+def flow_report(model, returned: Dict[str, Any], n_ref: int = 2000) -> None:
+    """Where the returned codes sit in the flow's density, against the model's own codes: a
+    search that finds codes far *more* likely than any mapped sample is climbing a peak of the
+    fitted flow that the mapping network never produces."""
+    import torch
+    from rls_core.priors import FlowPrior
+
+    prior = FlowPrior(model.flow(), model.stat("w_mean"), model.stat("w_std"))
+    with torch.no_grad():
+        z = torch.randn(n_ref, model.G.cfg.z_dim, generator=torch.Generator().manual_seed(777))
+        ref = prior.terms(model.G.mapping(z.to(model.device))[:, None])["logp"].cpu().numpy()
+        print(f"\nflow -log p(w), mean over layers (lower = rated more likely); {n_ref} mapped samples: "
+              f"min {ref.min():.0f}, 1st percentile {np.percentile(ref, 1):.0f}, median {np.median(ref):.0f}")
+        for name, w_plus in returned.items():
+            got = prior.terms(w_plus)["logp"].cpu().numpy()
+            print(f"  {name:<10} returned codes: median {np.median(got):.0f}, min {got.min():.0f}; "
+                  f"{int((got < ref.min()).sum())} of {len(got)} beyond every mapped sample")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ FLOW_EPOCHS = 20
 FLOW_NOISE = 0.0
 FLOW_NOISE_HELP = ("fit the flow to the mapped samples plus Gaussian noise of this std (per-dimension standardised "
                    "units): a smoother density with fewer narrow peaks for RLS's p_w term to climb off the "
-                   "samples (docs/models.md, 'the search climbs the flow'); 0 fits the samples as they are "
+                   "samples (docs/models.md, 'Two blockers in the search'); 0 fits the samples as they are "
                    "(default: %(default)s)")
 
 

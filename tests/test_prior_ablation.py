@@ -58,4 +58,6 @@ def test_main_generated_reports_the_objective_columns(ablation, tiny_model_path,
                           "--factor", "4", "--variants", "plain,rls"]) == 0
     out = capsys.readouterr().out
     assert "objective wrong" in out and "p_w_logp" in out
-    assert out.count(" of 2 ") == 2  # one verdict per variant
+    table = [line for line in out.splitlines() if line.startswith(("plain ", "rls "))]
+    assert len(table) == 2 and all(" of 2 " in line for line in table)  # one verdict per variant
+    assert "mapped samples: min" in out and out.count("beyond every mapped sample") == 2
