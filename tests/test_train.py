@@ -59,6 +59,18 @@ def _cfg(data_dir: Path, outdir: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def test_ema_half_life_ramps_up_from_scratch_only():
+    """From scratch the EMA's half-life grows with the images seen (5 % of them) up to
+    ema_kimg; a fine-tune of trained weights gets the full half-life at once."""
+    from rls_core.train.loop import ema_beta
+
+    scratch = TrainConfig(data_dir=".", ema_kimg=10.0, ema_rampup=0.05)
+    tuned = TrainConfig(data_dir=".", ema_kimg=10.0, ema_rampup=0.05, init_from="run/resume.pt")
+    assert ema_beta(scratch, 100, 16) == pytest.approx(0.5 ** (16 / (100 * 16 * 0.05)))
+    assert ema_beta(scratch, 100_000, 16) == pytest.approx(0.5 ** (16 / 10_000))
+    assert ema_beta(tuned, 100, 16) == pytest.approx(0.5 ** (16 / 10_000))
+
+
 # ----------------------------------------------------------------------------- data
 
 def test_grouping_normalisation_and_crops(data_dir):
@@ -337,6 +349,16 @@ def test_init_from_checkpoint_and_bundle(data_dir, tmp_path):
     train(_cfg(data_dir, out2, iters=1, preset="cpu", init_from=str(moved / "tiny.h5")))
     ck2 = _ckpt(out2)
     assert ck2["iteration"] == 1
+    # A fine-tune's EMA has its full half-life from the first step (no ramp-up): after one step
+    # it has moved 1 - beta = 0.03 % of the way from the starting G to the trained one; with
+    # the from-scratch ramp-up it would have jumped (almost) all the way. (10 %: float32 rounding of
+    # such small steps on weights of order 1.)
+    # (w_avg is estimated at the end; the coarse noise strengths were zeroed at the start)
+    start = {k: t.float() for k, t in load_bundle(moved / "tiny.h5").generator_tensors().items()
+             if k != "mapping.w_avg" and not k.endswith("noise_strength")}
+    moved_ema = sum(float((ck2["G_ema"][k] - start[k]).square().sum()) for k in start)
+    moved_g = sum(float((ck2["G"][k] - start[k]).square().sum()) for k in start)
+    assert moved_g > 0 and math.sqrt(moved_ema / moved_g) == pytest.approx(1 - 0.5 ** (4 / 10_000), rel=0.1)
     assert list(ck2["generator_config"]["channels"]) == list(slim["generator_config"]["channels"])
     assert list(ck2["discriminator_config"]["channels"]) == list(slim["discriminator_config"]["channels"])
     with pytest.raises(TrainError, match="2 channel.*this run has 1 channel"):

@@ -171,8 +171,15 @@ def config_from_args(args: argparse.Namespace):
         fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
         flow_epochs=args.flow_epochs, flow_noise=args.flow_noise, device=args.device, accel=args.accel, threads=args.threads,
         progress=not args.no_progress, data_seed=args.data_seed,
-        command=" ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:]),
+        command=" ".join(shlex.quote(a) for a in [_program_name()] + sys.argv[1:]),
     )
+
+
+def _program_name() -> str:
+    """How the command was called, for provenance: `rls`, also when reached through
+    `python -m rls_core` or `python -c` (whose argv[0] says nothing a reader can rerun)."""
+    name = Path(sys.argv[0]).name
+    return "rls" if name in ("-c", "__main__.py", "") else name
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,7 +76,7 @@ class TrainConfig:
     pl_decay: float = 0.01
     style_mixing: float = 0.9
     ema_kimg: float = 10.0                  # EMA half-life in thousands of images
-    ema_rampup: Optional[float] = 0.05      # half-life <= this x images seen (short runs); None: off
+    ema_rampup: Optional[float] = 0.05      # from scratch: half-life <= this x images seen; None: off
     augment_p: float = 0.5                  # DiffAugment probability per op and image; 0: off
     norm_low_pct: float = 0.1
     norm_high_pct: float = 99.9
@@ -416,6 +416,20 @@ def _mapping_mixed(G: Generator, z: torch.Tensor, prob: float) -> torch.Tensor:
     return ws
 
 
+def ema_beta(cfg: TrainConfig, iteration: int, batch: int) -> float:
+    """Per-step decay of the EMA generator (half-life `ema_kimg`).
+
+    From scratch, the half-life ramps up with the images seen (at most `ema_rampup` x them), so
+    early samples are not stale. A fine-tune (`init_from`) starts from a trained G and gets the
+    full half-life at once: with the ramp-up counted from the fine-tune's own first iteration,
+    its EMA averaged only the last ~100 iterations of a G whose samples swing widely between
+    checkpoints (SWD 74-203 within 400 iterations; docs/models.md, session 10)."""
+    ema_nimg = cfg.ema_kimg * 1000
+    if cfg.ema_rampup and not cfg.init_from:
+        ema_nimg = min(ema_nimg, iteration * batch * cfg.ema_rampup)
+    return 0.5 ** (batch / max(ema_nimg, 1e-8))
+
+
 def _step(opt: torch.optim.Adam, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -474,12 +488,7 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
         _step(st.opt_D, r1 * (cfg.r1_gamma / 2) * cfg.r1_interval)
         out["R1"] = r1.item()
 
-    # EMA of G; the half-life ramps up with the images seen so early samples are not stale.
-    cur_nimg = it * b
-    ema_nimg = cfg.ema_kimg * 1000
-    if cfg.ema_rampup:
-        ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
-    beta = 0.5 ** (b / max(ema_nimg, 1e-8))
+    beta = ema_beta(cfg, it, b)
     with torch.no_grad():
         for p_ema, p in zip(st.G_ema.parameters(), G.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
