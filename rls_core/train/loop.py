@@ -421,9 +421,10 @@ def ema_beta(cfg: TrainConfig, iteration: int, batch: int) -> float:
 
     From scratch, the half-life ramps up with the images seen (at most `ema_rampup` x them), so
     early samples are not stale. A fine-tune (`init_from`) starts from a trained G and gets the
-    full half-life at once: with the ramp-up counted from the fine-tune's own first iteration,
-    its EMA averaged only the last ~100 iterations of a G whose samples swing widely between
-    checkpoints (SWD 74-203 within 400 iterations; docs/models.md, session 10)."""
+    full half-life at once, as NVlabs' stylegan2-ada does when it resumes from a network: with
+    the ramp-up counted from the fine-tune's own first iteration, its EMA averaged only the last
+    ~100 iterations of a G whose samples swing widely between checkpoints (SWD 72-203 within
+    600 iterations; docs/models.md, chunk 5)."""
     ema_nimg = cfg.ema_kimg * 1000
     if cfg.ema_rampup and not cfg.init_from:
         ema_nimg = min(ema_nimg, iteration * batch * cfg.ema_rampup)
