@@ -76,9 +76,10 @@ class Report:
 
 # ----------------------------------------------------------------------------- models
 
-def load_any(spec: str, device: str):
+def load_any(spec: str, device: str, generator: str = "ema"):
     """(name, LoadedModel) from a shipped name, a bundle path, or an `rls train` checkpoint.pt
-    (its EMA generator, so runs can be measured while they train)."""
+    (its EMA generator, or with generator="raw" the raw G, so runs can be measured while they
+    train and `rls train --export` can be chosen)."""
     from rls_core.model import LoadedModel, load_model
 
     p = Path(spec)
@@ -89,8 +90,10 @@ def load_any(spec: str, device: str):
 
         ck = load_checkpoint(p)
         G = Generator(GeneratorConfig.from_dict(ck["generator_config"]))
-        G.load_state_dict(ck["G_ema"])
-        name = ck["config"].get("name") or p.parent.name
+        if generator == "raw" and "G" not in ck:
+            sys.exit(f"{p} is a slim checkpoint without the raw G; give the run's checkpoint.pt")
+        G.load_state_dict(ck["G_ema" if generator == "ema" else "G"])
+        name = (ck["config"].get("name") or p.parent.name) + ("" if generator == "ema" else "-raw")
         prov = {"name": name, "data": ck["data"], "iterations": int(ck["iteration"])}
         bundle = ModelBundle.from_generator(G, ck["data"]["channels"], ck["data"]["normalization"], prov)
         return f"{name}@{int(ck['iteration'])}", LoadedModel(bundle, device)
@@ -301,7 +304,7 @@ def save_figure(path: Path, name: str, real: Crops, fake: np.ndarray, feats: Opt
 
 def evaluate(spec: str, args: argparse.Namespace) -> Report:
     t0 = time.perf_counter()
-    name, model = load_any(spec, args.device)
+    name, model = load_any(spec, args.device, args.generator)
     rep = Report(name)
     res = model.resolution
     assay = None if args.heldout else infer_assay(name, model)
@@ -370,6 +373,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="folder of held-out fields for a non-simulated model (default: data/<model>/heldout)")
     ap.add_argument("--blur", type=float, default=2.0, help="sigma (px) of the 'clearly worse' reference")
     ap.add_argument("--out", default=None, metavar="DIR", help="write prior_quality.csv and PNG figures here")
+    ap.add_argument("--generator", choices=("ema", "raw"), default="ema",
+                    help="for a checkpoint.pt: its EMA generator or the raw G (`rls train --export`; default: ema)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = ap.parse_args(argv)

@@ -289,6 +289,18 @@ def test_finish_and_cli(data_dir, tmp_path):
     args = parser.parse_args(["-o", str(out), "--finish", "--name", "m2", "--fit-prior-samples", "0",
                               "--no-progress"])
     assert run(args) == 0 and (out / "m2.h5").exists()
+    # --export raw: the bundle holds G itself (float16), not its moving average
+    args = parser.parse_args(["-o", str(out), "--finish", "--name", "m3", "--fit-prior-samples", "0",
+                              "--export", "raw", "--no-progress"])
+    assert run(args) == 0
+    raw, ck = load_bundle(out / "m3.h5"), _ckpt(out)
+    assert raw.provenance["exported_generator"] == "raw"
+    assert load_bundle(out / "m2.h5").provenance["exported_generator"] == "ema"
+    for name, g in ck["G"].items():
+        if name != "mapping.w_avg":  # (estimated at the finish)
+            b = torch.from_numpy(np.asarray(raw.generator_state[name])).float()
+            assert torch.equal(b, g.half().float()), name
+    assert any(not torch.equal(ck["G"][k], ck["G_ema"][k]) for k in ck["G"] if k != "mapping.w_avg")
     bad = parser.parse_args([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"])
     assert run(bad) == 2
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 __all__ = ["TrainConfig", "TrainError", "train"]
 
+#: which generator a bundle holds (`rls train --export`): StyleGAN's EMA average, or the raw G
+EXPORTS = ("ema", "raw")
+
 
 def __getattr__(name: str):
     if name in __all__:

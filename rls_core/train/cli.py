@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..presets import PRESET_NAMES
+from . import EXPORTS
 from ..prior_config import FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 DESCRIPTION = """\
@@ -125,6 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--finish-at-limit", action="store_true",
                    help="when --time-limit stops training, still fit the prior and write the bundle "
                         "from the current state (the run can be resumed and finished again later)")
+    g.add_argument("--export", choices=EXPORTS, default="ema",
+                   help="the generator the bundle holds: ema, the moving average of G (StyleGAN's choice), or raw, "
+                        "G itself. Pick with benchmarks/prior_quality.py --generator on validation seeds: in the "
+                        "campaign the average was at times worse than G (docs/models.md, chunk 5). A slim resume "
+                        "restarts from the exported one (default: ema)")
     g.add_argument("--snapshot-every", type=int, default=250, metavar="K",
                    help="write a sample grid every K iterations (default: 250)")
     g.add_argument("--checkpoint-every", type=int, default=250, metavar="K",
@@ -166,7 +172,7 @@ def config_from_args(args: argparse.Namespace):
         batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
         style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p,
         resume=args.resume, finish=args.finish, time_limit=args.time_limit,
-        finish_at_limit=args.finish_at_limit,
+        finish_at_limit=args.finish_at_limit, export=args.export,
         snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
         flow_epochs=args.flow_epochs, flow_noise=args.flow_noise, device=args.device, accel=args.accel, threads=args.threads,

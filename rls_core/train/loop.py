@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..accel import autocast, resolve_accel
 from ..errors import RLSError
+from . import EXPORTS
 from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
 from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
@@ -84,6 +85,7 @@ class TrainConfig:
     finish: bool = False                    # (run control) only write the bundle from the checkpoint
     time_limit: Optional[float] = None      # (run control) minutes; checkpoint and stop when reached
     finish_at_limit: bool = False           # (run control) also write the bundle when the time limit stops it
+    export: str = "ema"                      # (run control) the generator the bundle holds: "ema" or "raw"
     snapshot_every: int = 250               # (run control) sample grid every N iterations
     checkpoint_every: int = 250             # (run control) checkpoint every N iterations
     log_every: int = 10                     # (run control) rows of train_log.csv
@@ -103,7 +105,8 @@ class TrainConfig:
 RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_limit", "finish_at_limit",
                "snapshot_every",
                "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
-               "flow_epochs", "flow_noise", "device", "accel", "threads", "progress", "data_seed", "command"}
+               "flow_epochs", "flow_noise", "device", "accel", "threads", "progress", "data_seed", "command",
+               "export"}
 
 
 #: settings whose None on the command line means "not asked" (not "asked for None") on resume
@@ -532,11 +535,11 @@ def save_grid(images: torch.Tensor, path: Path, pad: int = 2) -> Path:
 
 
 @torch.no_grad()
-def _snapshot(G_ema: Generator, z: torch.Tensor, outdir: Path, tag: str) -> Path:
-    """Samples from fixed z with the constant noise maps (no global RNG is used), keeping
-    only the newest numbered grid so OUTDIR stays small."""
-    ws = G_ema.mapping(z.to(G_ema.w_avg.device))[:, None].repeat(1, G_ema.num_ws, 1)
-    path = save_grid(G_ema.synthesis(ws, noise_mode="const"), outdir / f"samples_{tag}.png")
+def _snapshot(G: Generator, z: torch.Tensor, outdir: Path, tag: str) -> Path:
+    """Samples of G (the EMA during training) from fixed z with the constant noise maps (no
+    global RNG is used), keeping only the newest numbered grid so OUTDIR stays small."""
+    ws = G.mapping(z.to(G.w_avg.device))[:, None].repeat(1, G.num_ws, 1)
+    path = save_grid(G.synthesis(ws, noise_mode="const"), outdir / f"samples_{tag}.png")
     if tag != "final":
         for old in outdir.glob("samples_[0-9]*.png"):
             if old != path:
@@ -560,11 +563,12 @@ def _human(seconds: float) -> str:
 
 def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device,
             rng: Dict[str, Any]) -> Path:
-    """Mean w, latent prior (stats + flow) on the EMA generator, then the bundle (float16
-    weights) and the slim resume checkpoint that goes with it."""
+    """Mean w, latent prior (stats + flow) on the exported generator (`cfg.export`: the EMA
+    average, or the raw G), then the bundle (float16 weights) and the slim resume checkpoint
+    that goes with it. A slim resume restarts G and its EMA from the bundle's generator."""
     from ..bundle import ModelBundle, save_bundle
 
-    G = st.G_ema.eval()
+    G = (st.G_ema if cfg.export == "ema" else copy.deepcopy(st.G)).eval()
     n_avg = max(10_000, int(cfg.fit_prior_samples))
     _say(f"estimating w_avg from {n_avg} mapped samples")
     G.estimate_w_avg(n=n_avg, seed=cfg.seed)
@@ -588,6 +592,7 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
                          if k not in RUN_CONTROL or k in ("fit_prior_samples", "flow_epochs")},
         "discriminator": st.D.cfg.to_dict(),
         "w_avg_samples": n_avg,
+        "exported_generator": cfg.export,
         "prior": {"fitted": False},
     }
     bundle = ModelBundle.from_generator(G, data["channels"], data["normalization"], provenance)
@@ -639,6 +644,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainError("--finish already continues from the checkpoint; drop --resume")
     if cfg.noise_min_res is not None and cfg.noise_min_res < 4:
         raise TrainError(f"--noise-min-res must be >= 4 (4: noise at every layer), got {cfg.noise_min_res}")
+    if cfg.export not in EXPORTS:
+        raise TrainError(f"--export must be one of {', '.join(EXPORTS)}, got {cfg.export!r}")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -698,7 +705,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         _say("--finish-at-limit: writing the bundle from the current state")
     if run.st.iteration > 0 and not ckpt_path.exists():
         save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
-    _snapshot(run.st.G_ema, run.z_grid, outdir, "final")
+    _snapshot(run.st.G_ema if run.cfg.export == "ema" else run.st.G, run.z_grid, outdir, "final")
     return _finish(run.st, run.cfg, run.data, device, _rng_state(run.sampler))
 
 
