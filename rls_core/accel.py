@@ -10,7 +10,8 @@ Measured speeds of each mode: docs/performance.md (benchmarks/generator_speed.py
   auto          bf16 where the device has native bf16 (CUDA GPUs, AMX/AVX-512-BF16 CPUs),
                 else none; never compile (the warm-up is not always worth it)
 Equivalence is tested on the recovery test (tests/test_accel.py): LR-PSNR within 0.2 dB of
-`none` where bf16 is native; emulated bf16 within float32's own seed-to-seed spread. Everything outside the synthesis network (priors, operator, optimiser) stays float32.
+`none` where bf16 is native; emulated bf16 within float32's own seed-to-seed spread.
+Everything outside the synthesis network (priors, operator, optimiser) stays float32.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@
 # data the CPU campaign trains on. The full checkpoint (~100 MB) stays in WORKDIR.
 # Knobs (environment): FIELDS (200), PRESET (standard), BATCH (16), PRIOR_SAMPLES (100000),
 # FLOW_EPOCHS (20), WORKDIR (/tmp/rls-device), PYTHON (python3), DEVICE (auto), ACCEL (none;
-# bf16 = bfloat16 autocast of the main passes, see benchmarks/bf16_training.py before using it).
+# bf16 = bfloat16 autocast of the main passes, see benchmarks/bf16_training.py before using it),
+# EXPORT (ema; raw = the bundle holds G itself, as the CPU campaign's since chunk 5: docs/models.md).
 set -euo pipefail
 usage() { sed -n '2,14p' "$0"; exit 2; }
 [ $# -ge 3 ] || usage
@@ -50,7 +51,7 @@ fi
 
 rm -rf "$RUN"; mkdir -p "$RUN"
 ARGS=(train "$DATA" -o "$RUN" --name "$MODEL" --time-limit "$MINUTES" --finish-at-limit --iters 10000000
-      --device "${DEVICE:-auto}" --accel "${ACCEL:-none}" --checkpoint-every 500 --snapshot-every 500 --log-every 10 --no-progress
+      --device "${DEVICE:-auto}" --accel "${ACCEL:-none}" --export "${EXPORT:-ema}" --checkpoint-every 500 --snapshot-every 500 --log-every 10 --no-progress
       --fit-prior-samples "${PRIOR_SAMPLES:-100000}" --flow-epochs "${FLOW_EPOCHS:-20}")
 if [ -n "$RESUME_DIR" ]; then
   # a run folder holds resume.pt; the repository keeps it as training/checkpoints/MODEL.pt

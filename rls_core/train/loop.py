@@ -237,8 +237,9 @@ def _initial_state(cfg: TrainConfig, n_channels: int, device: torch.device) -> _
 
 def _init_source(source: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Optional[Dict[str, Any]],
                                        Optional[Dict[str, torch.Tensor]]]:
-    """(generator config, EMA generator state, discriminator config or None, its state or None)
-    of a checkpoint .pt (full or slim: its bundle lies beside it) or of a bundle / shipped name."""
+    """(generator config, generator state, D config or None, D state or None) of a checkpoint
+    .pt (full: its EMA generator; slim: its bundle's generator, lying beside it) or of a bundle
+    / shipped name."""
     from ..bundle import BundleError, load_bundle
     from ..registry import resolve_model
 
@@ -302,7 +303,7 @@ def save_resume_checkpoint(path: Path, st: _State, cfg: TrainConfig, rng: Dict[s
 
     The full checkpoint holds G, G_ema, D and both Adam states in float32 (~100 MB for the
     standard preset). This one keeps only D (float16) and the run state: the generator comes
-    back from the bundle's EMA weights (G = G_ema on resume, as in an EMA restart) and the
+    back from the bundle's generator (its EMA or, with --export raw, G; G = G_ema on resume) and the
     Adam moments start again. Resuming from it is therefore not bit-identical, but stable
     (tests/test_train.py compares the losses with an uninterrupted run's).
     """
@@ -378,7 +379,7 @@ def _restore_slim(st: _State, ckpt: Dict[str, Any], folder: Path) -> _State:
     st.pl_mean = ckpt["pl_mean"].to(st.pl_mean.device)
     st.wall_time = float(ckpt["wall_time"])
     st.commands = list(ckpt["commands"])
-    _say("resuming from a slim checkpoint: G = the bundle's EMA generator, fresh Adam moments "
+    _say("resuming from a slim checkpoint: G = the bundle's generator, fresh Adam moments "
          "(not bit-identical to an uninterrupted run)")
     return st
 
