@@ -34,13 +34,13 @@ import torch.nn.functional as F
 
 from ..accel import autocast, resolve_accel
 from ..errors import RLSError
-from . import EXPORTS
 from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
 from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
+from . import EXPORTS
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rls-train-checkpoint"
