@@ -6,9 +6,9 @@
 # MODEL       translocation | golgi
 # MINUTES     training time; then the prior is fitted and the bundle written (a few minutes
 #             more on CPU, well under one on a GPU)
-# OUTDIR      receives at most 6 small files: MODEL.h5 (bundle, <= 12 MiB), resume.pt (slim
-#             resume checkpoint), samples_final.png, train_log.csv, train.log and, for a
-#             fresh run, reals.png (training crops)
+# OUTDIR      receives at most 8 small files: MODEL.h5 (bundle, <= 12 MiB), resume.pt (slim
+#             resume checkpoint), samples_final.png, train_log.csv, train.log, for a fresh
+#             run reals.png (training crops), and with METRICS_EVERY metrics.csv and .png
 # RESUME_DIR  optional: a folder with MODEL.h5 + resume.pt (or MODEL.pt) from an earlier run
 #             (e.g. the committed training/checkpoints/) to continue instead of starting afresh
 #
@@ -20,7 +20,9 @@
 # Knobs (environment): FIELDS (200), PRESET (standard), BATCH (16), PRIOR_SAMPLES (100000),
 # FLOW_EPOCHS (20), WORKDIR (/tmp/rls-device), PYTHON (python3), DEVICE (auto), ACCEL (none;
 # bf16 = bfloat16 autocast of the main passes, see benchmarks/bf16_training.py before using it),
-# EXPORT (ema; raw = the bundle holds G itself, as the CPU campaign's since chunk 5: docs/models.md).
+# EXPORT (ema; raw = the bundle holds G itself, as the CPU campaign's since chunk 5: docs/models.md;
+# best = the best measured generator, needs METRICS_EVERY), METRICS_EVERY (0 = off; K = measure the
+# realism of G and its EMA every K iterations, `rls train --metrics-every`).
 set -euo pipefail
 usage() { sed -n '2,14p' "$0"; exit 2; }
 [ $# -ge 3 ] || usage
@@ -51,7 +53,7 @@ fi
 
 rm -rf "$RUN"; mkdir -p "$RUN"
 ARGS=(train "$DATA" -o "$RUN" --name "$MODEL" --time-limit "$MINUTES" --finish-at-limit --iters 10000000
-      --device "${DEVICE:-auto}" --accel "${ACCEL:-none}" --export "${EXPORT:-ema}" --checkpoint-every 500 --snapshot-every 500 --log-every 10 --no-progress
+      --device "${DEVICE:-auto}" --accel "${ACCEL:-none}" --export "${EXPORT:-ema}" --metrics-every "${METRICS_EVERY:-0}" --checkpoint-every 500 --snapshot-every 500 --log-every 10 --no-progress
       --fit-prior-samples "${PRIOR_SAMPLES:-100000}" --flow-epochs "${FLOW_EPOCHS:-20}")
 if [ -n "$RESUME_DIR" ]; then
   # a run folder holds resume.pt; the repository keeps it as training/checkpoints/MODEL.pt
@@ -72,5 +74,8 @@ for f in "$MODEL.h5" resume.pt samples_final.png train_log.csv; do
   cp "$RUN/$f" "$OUTDIR/"
 done
 [ ! -f "$RUN/reals.png" ] || cp "$RUN/reals.png" "$OUTDIR/"  # written by fresh runs only
+for f in metrics.csv metrics.png; do  # written with METRICS_EVERY only
+  [ ! -f "$RUN/$f" ] || cp "$RUN/$f" "$OUTDIR/"
+done
 say "done: $(tail -n 1 "$RUN/train_log.csv" | cut -d, -f1,2) (iteration, kimg); files in $OUTDIR:"
 ls -l "$OUTDIR" | tee -a "$LOG"

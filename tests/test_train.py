@@ -274,7 +274,7 @@ def test_slim_resume_checkpoint(data_dir, tmp_path):
 
 def test_finish_and_cli(data_dir, tmp_path):
     from rls_core.bundle import load_bundle
-    from rls_core.train.cli import add_arguments, run
+    from rls_core.train.cli import add_arguments, config_from_args, run
 
     parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
     help_text = parser.format_help()
@@ -303,6 +303,10 @@ def test_finish_and_cli(data_dir, tmp_path):
     assert any(not torch.equal(ck["G"][k], ck["G_ema"][k]) for k in ck["G"] if k != "mapping.w_avg")
     bad = parser.parse_args([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"])
     assert run(bad) == 2
+    # --export best without measurements: refused with the option that fixes it (exit 2, no traceback)
+    nobest = parser.parse_args([str(data_dir), "-o", str(tmp_path / "y"), "--export", "best", "--no-progress"])
+    assert run(nobest) == 2 and not (tmp_path / "y" / CHECKPOINT_NAME).exists()
+    assert config_from_args(parser.parse_args([str(data_dir), "-o", "o", "--metrics-every", "7"])).metrics_every == 7
 
 
 def test_noise_default_and_checkpoints_from_before_it(data_dir, tmp_path):
@@ -393,3 +397,55 @@ def test_bf16_autocast_training_runs_and_compile_is_refused(data_dir, tmp_path):
     assert _ckpt(out)["config"]["accel"] == "bf16"
     with pytest.raises(TrainError, match="double backward"):
         train(_cfg(data_dir, tmp_path / "c", accel="compile"))
+
+
+def test_metrics_keep_the_best_snapshot_and_leave_training_alone(data_dir, tmp_path):
+    """--metrics-every measures SWD of G and its EMA with its own draws: the run's weights are
+    the same with and without it, a split run measures the same figures, best.pt holds the
+    generator of the lowest figure and --export best writes exactly that generator."""
+    from rls_core.bundle import load_bundle
+    from rls_core.train.monitor import BEST_NAME, METRICS_NAME, read_metrics
+
+    kw = dict(iters=6, r1_interval=2)
+    plain, measured, split = tmp_path / "plain", tmp_path / "measured", tmp_path / "split"
+    train(_cfg(data_dir, plain, **kw))
+    train(_cfg(data_dir, measured, metrics_every=2, **kw))
+    a, b = _ckpt(plain), _ckpt(measured)
+    for key in ("G", "D", "G_ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} changed by measuring"
+
+    rows = read_metrics(measured / METRICS_NAME)
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
+    swd, gen, it = math.inf, None, None
+    for r in rows:  # the running minimum over both generators (a tie keeps the earlier), and who scored it
+        for col, name in (("swd_G", "raw"), ("swd_G_ema", "ema")):
+            if float(r[col]) < swd:
+                swd, gen, it = float(r[col]), name, int(r["iteration"])
+        assert float(r["best_swd"]) == pytest.approx(swd, rel=1e-5)
+        assert (r["best_generator"], int(r["best_iteration"])) == (gen, it)
+        assert math.isfinite(swd) and swd > 0
+    assert (measured / "metrics.png").stat().st_size > 0
+    assert b["best"] == {"iteration": it, "generator": gen, "swd": pytest.approx(swd, rel=1e-5)}
+
+    train(_cfg(data_dir, split, metrics_every=2, time_limit=1e-6, **kw))  # stops after iteration 1
+    train(_cfg(data_dir, split, metrics_every=2, resume=True, **kw))
+    again = read_metrics(split / METRICS_NAME)
+    assert [(r["swd_G"], r["swd_G_ema"], r["best_iteration"]) for r in again] == \
+        [(r["swd_G"], r["swd_G_ema"], r["best_iteration"]) for r in rows]
+
+    best = torch.load(measured / BEST_NAME, map_location="cpu", weights_only=True)
+    assert best["best"]["iteration"] == it
+    train(_cfg(data_dir, measured, finish=True, name="best", export="best"))
+    bundle = load_bundle(measured / "best.h5")
+    assert bundle.provenance["exported_generator"] == "best"
+    assert bundle.provenance["best"]["iteration"] == it and bundle.provenance["iterations"] == 6
+    for name, g in best["G"].items():
+        if name != "mapping.w_avg":  # (estimated at the finish)
+            got = torch.from_numpy(np.asarray(bundle.generator_state[name])).float()
+            assert torch.equal(got, g.half().float()), name
+
+    with pytest.raises(TrainError, match="--metrics-every"):
+        train(_cfg(data_dir, tmp_path / "nometrics", export="best"))
+    with pytest.raises(TrainError, match="best.pt"):
+        train(_cfg(data_dir, plain, finish=True, name="x", export="best"))

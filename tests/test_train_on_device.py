@@ -55,8 +55,13 @@ def test_one_minute_run_then_resume(tmp_path):
     kept.mkdir()
     (out / "resume.pt").rename(kept / "translocation.pt")
     (out / "translocation.h5").rename(kept / "translocation.h5")
+    # ... measuring every iteration and exporting the best measured generator
     again = tmp_path / "again"
-    r = _run(["translocation", 0.2, again, kept], tmp_path)
+    r = _run(["translocation", 0.2, again, kept], tmp_path, METRICS_EVERY="1", EXPORT="best")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming" in (again / "train.log").read_text()
-    assert load_bundle(again / "translocation.h5").provenance["iterations"] > it
+    files = sorted(p.name for p in again.iterdir())
+    assert {"metrics.csv", "metrics.png"} <= set(files) and len(files) <= 8
+    prov = load_bundle(again / "translocation.h5").provenance
+    assert prov["iterations"] > it and prov["exported_generator"] == "best"
+    assert it < prov["best"]["iteration"] <= prov["iterations"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 __all__ = ["TrainConfig", "TrainError", "train"]
 
-#: which generator a bundle holds (`rls train --export`): StyleGAN's EMA average, or the raw G
-EXPORTS = ("ema", "raw")
+#: which generator a bundle holds (`rls train --export`): StyleGAN's EMA average, the raw G, or
+#: the better of the two at the best realism measurement of the run (`--metrics-every`)
+EXPORTS = ("ema", "raw", "best")
 
 
 def __getattr__(name: str):

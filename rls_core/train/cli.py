@@ -48,7 +48,9 @@ fit) takes a few minutes on one thread. A lent GPU: scripts/train_on_device.sh
 outputs in OUTDIR: checkpoint.pt (one file, replaced every --checkpoint-every iterations;
 exact resume), samples_NNNNNN.png (latest sample grid from fixed latents; first channel
 blue, second green, third red), samples_final.png, reals.png (training crops for
-comparison), train_log.csv (losses per --log-every iterations), <name>.h5 (the bundle).
+comparison), train_log.csv (losses per --log-every iterations), <name>.h5 (the bundle);
+with --metrics-every: metrics.csv and metrics.png (realism of G and its EMA over the run)
+and best.pt (the best measured generator, for --export best).
 """
 
 def _name_list(text: str) -> List[str]:
@@ -88,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--init-from", default=None, metavar="MODEL",
                    help="start from trained weights instead of random ones (fine-tuning): a bundle or shipped "
                         "model name (the generator; D starts afresh) or a checkpoint .pt of `rls train` (G and "
-                        "D; a slim resume.pt needs its bundle beside it). The generator's shape comes from it; "
+                        "D; a full checkpoint.pt gives its EMA generator, a slim resume.pt the generator of the bundle "
+                        "written beside it, e.g. a raw or best export). The generator's shape comes from it; "
                         "--noise-min-res may switch off its coarse noise. Adam and the iteration count start afresh")
     g.add_argument("--data-seed", type=int, default=None,
                    help="seed that generated the data (e.g. of `rls simulate`); only recorded in provenance")
@@ -127,10 +130,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="when --time-limit stops training, still fit the prior and write the bundle "
                         "from the current state (the run can be resumed and finished again later)")
     g.add_argument("--export", choices=EXPORTS, default="ema",
-                   help="the generator the bundle holds: ema, the moving average of G (StyleGAN's choice), or raw, "
-                        "G itself. Pick with benchmarks/prior_quality.py --generator on validation seeds: in the "
-                        "campaign the average was at times worse than G (docs/models.md, chunk 5). A slim resume "
-                        "restarts from the exported one (default: ema)")
+                   help="the generator the bundle holds: ema, the moving average of G (StyleGAN's choice); raw, "
+                        "G itself; or best, the generator (G or its EMA) of the best --metrics-every measurement "
+                        "so far. A GAN's last iteration is rarely its best: in the campaign the average was at "
+                        "times worse than G, and G swung from one checkpoint to the next (docs/models.md, chunk 5). "
+                        "A slim resume restarts from the exported one (default: ema)")
+    g.add_argument("--metrics-every", type=int, default=0, metavar="K",
+                   help="every K iterations, measure the realism of G and its EMA (SWD x1e3 of 512 samples vs 512 "
+                        "training crops, as benchmarks/prior_quality.py; ~30 s on one thread for the standard "
+                        "preset at 128 px), log it to OUTDIR/metrics.csv and metrics.png, and keep the best "
+                        "generator in OUTDIR/best.pt for --export best. The draws are its own: the run trains "
+                        "the same with or without it (default: 0, off)")
     g.add_argument("--snapshot-every", type=int, default=250, metavar="K",
                    help="write a sample grid every K iterations (default: 250)")
     g.add_argument("--checkpoint-every", type=int, default=250, metavar="K",
@@ -172,7 +182,7 @@ def config_from_args(args: argparse.Namespace):
         batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
         style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p,
         resume=args.resume, finish=args.finish, time_limit=args.time_limit,
-        finish_at_limit=args.finish_at_limit, export=args.export,
+        finish_at_limit=args.finish_at_limit, export=args.export, metrics_every=args.metrics_every,
         snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         fit_prior_samples=args.fit_prior_samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
         flow_epochs=args.flow_epochs, flow_noise=args.flow_noise, device=args.device, accel=args.accel, threads=args.threads,

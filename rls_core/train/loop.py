@@ -8,7 +8,8 @@ NVlabs' stylegan2-ada-pytorch (G main, G path-length reg, D main, D R1 reg):
     corrected so the regularised optimiser behaves like the unregularised one;
   * style mixing (two w's crossing over at a random layer) so layers stay independent,
     which is what lets the W+ search give each layer its own code;
-  * an EMA copy of G (half-life `ema_kimg`, ramped up early) that becomes the model.
+  * an EMA copy of G (half-life `ema_kimg`, ramped up early) that becomes the model, unless
+    `export` picks G itself or the best snapshot measured by `metrics_every` (monitor.py).
 Everything that influences the numbers (weights, optimisers, iteration, RNG states, data
 sampler) is checkpointed so a run split by `time_limit` resumes bit-identically on CPU.
 """
@@ -40,6 +41,8 @@ from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
+from .monitor import (BEST_NAME, METRICS_NAME, METRICS_PLOT, Best, RealismMonitor, append_metrics, load_best, plot_metrics,
+                      save_best, update_best)
 from . import EXPORTS
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -85,7 +88,8 @@ class TrainConfig:
     finish: bool = False                    # (run control) only write the bundle from the checkpoint
     time_limit: Optional[float] = None      # (run control) minutes; checkpoint and stop when reached
     finish_at_limit: bool = False           # (run control) also write the bundle when the time limit stops it
-    export: str = "ema"                      # (run control) the generator the bundle holds: "ema" or "raw"
+    export: str = "ema"                     # (run control) the generator the bundle holds: one of EXPORTS
+    metrics_every: int = 0                  # (run control) measure realism (SWD) every N iterations; 0: off
     snapshot_every: int = 250               # (run control) sample grid every N iterations
     checkpoint_every: int = 250             # (run control) checkpoint every N iterations
     log_every: int = 10                     # (run control) rows of train_log.csv
@@ -106,7 +110,7 @@ RUN_CONTROL = {"data_dir", "outdir", "name", "iters", "resume", "finish", "time_
                "snapshot_every",
                "checkpoint_every", "log_every", "fit_prior_samples", "flow_blocks", "flow_hidden",
                "flow_epochs", "flow_noise", "device", "accel", "threads", "progress", "data_seed", "command",
-               "export"}
+               "export", "metrics_every"}
 
 
 #: settings whose None on the command line means "not asked" (not "asked for None") on resume
@@ -190,6 +194,7 @@ class _State:
     pl_mean: torch.Tensor = field(default_factory=lambda: torch.zeros([]))
     wall_time: float = 0.0
     commands: List[str] = field(default_factory=list)
+    best: Optional[Best] = None             # the best realism measurement so far (--metrics-every)
 
 
 def _configs(cfg: TrainConfig, n_channels: int) -> Tuple[GeneratorConfig, DiscriminatorConfig]:
@@ -270,6 +275,7 @@ def _run_state(st: _State, cfg: TrainConfig, rng: Dict[str, Any], data: Dict[str
         "pl_mean": st.pl_mean.detach().cpu(),
         "wall_time": float(st.wall_time),
         "commands": list(st.commands),
+        "best": st.best.to_dict() if st.best is not None else None,
         "data": data,
         "rng": rng,
         "torch_version": str(torch.__version__),
@@ -349,6 +355,7 @@ def _restore(ckpt: Dict[str, Any], cfg: TrainConfig, device: torch.device) -> _S
     st.pl_mean = ckpt["pl_mean"].to(device)
     st.wall_time = float(ckpt["wall_time"])
     st.commands = list(ckpt["commands"])
+    st.best = Best(**ckpt["best"]) if ckpt.get("best") else None
     return st
 
 
@@ -379,6 +386,8 @@ def _restore_slim(st: _State, ckpt: Dict[str, Any], folder: Path) -> _State:
     st.pl_mean = ckpt["pl_mean"].to(st.pl_mean.device)
     st.wall_time = float(ckpt["wall_time"])
     st.commands = list(ckpt["commands"])
+    # best.pt stays with the full run; the measurements start again from the bundle's generator.
+    st.best = None
     _say("resuming from a slim checkpoint: G = the bundle's generator, fresh Adam moments "
          "(not bit-identical to an uninterrupted run)")
     return st
@@ -562,6 +571,25 @@ def _human(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m{rem % 60:02d}s"
 
 
+def _exported_generator(st: _State, cfg: TrainConfig) -> Generator:
+    """The generator `cfg.export` names: the EMA, a copy of G, or the best measured snapshot
+    (best.pt, whose record replaces `st.best` so the provenance says what was exported)."""
+    if cfg.export == "ema":
+        return st.G_ema
+    G = copy.deepcopy(st.G)
+    if cfg.export == "best":
+        path = Path(cfg.outdir).expanduser() / BEST_NAME
+        if not path.is_file():
+            raise TrainError(f"--export best: no {path}; it is written by runs with --metrics-every N "
+                             "(resume this one with it, or export ema or raw)")
+        saved = load_best(path)
+        G.load_state_dict(saved["G"])
+        st.best = Best(**saved["best"])
+        _say(f"exporting the best measured generator: {st.best.generator} at iteration {st.best.iteration} "
+             f"(SWD {st.best.swd:.1f} vs training crops)")
+    return G
+
+
 def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device,
             rng: Dict[str, Any]) -> Path:
     """Mean w, latent prior (stats + flow) on the exported generator (`cfg.export`: the EMA
@@ -569,7 +597,7 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
     that goes with it. A slim resume restarts G and its EMA from the bundle's generator."""
     from ..bundle import ModelBundle, save_bundle
 
-    G = (st.G_ema if cfg.export == "ema" else copy.deepcopy(st.G)).eval()
+    G = _exported_generator(st, cfg).eval()
     n_avg = max(10_000, int(cfg.fit_prior_samples))
     _say(f"estimating w_avg from {n_avg} mapped samples")
     G.estimate_w_avg(n=n_avg, seed=cfg.seed)
@@ -594,6 +622,7 @@ def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.de
         "discriminator": st.D.cfg.to_dict(),
         "w_avg_samples": n_avg,
         "exported_generator": cfg.export,
+        **({"best": st.best.to_dict()} if cfg.export == "best" and st.best is not None else {}),
         "prior": {"fitted": False},
     }
     bundle = ModelBundle.from_generator(G, data["channels"], data["normalization"], provenance)
@@ -647,6 +676,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainError(f"--noise-min-res must be >= 4 (4: noise at every layer), got {cfg.noise_min_res}")
     if cfg.export not in EXPORTS:
         raise TrainError(f"--export must be one of {', '.join(EXPORTS)}, got {cfg.export!r}")
+    if cfg.metrics_every < 0:
+        raise TrainError(f"--metrics-every must be >= 0 (0: off), got {cfg.metrics_every}")
+    if cfg.export == "best" and not cfg.metrics_every and not cfg.finish:
+        raise TrainError("--export best picks the best measured snapshot: add --metrics-every N "
+                         "(e.g. 100) so that snapshots are measured")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -674,6 +708,7 @@ class _Run:
     ckpt_path: Path
     device: torch.device
     z_grid: torch.Tensor
+    monitor: Optional[RealismMonitor] = None
 
 
 def _train(cfg: TrainConfig, t0: float) -> Path:
@@ -706,7 +741,7 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         _say("--finish-at-limit: writing the bundle from the current state")
     if run.st.iteration > 0 and not ckpt_path.exists():
         save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
-    _snapshot(run.st.G_ema if run.cfg.export == "ema" else run.st.G, run.z_grid, outdir, "final")
+    _snapshot(_exported_generator(run.st, run.cfg), run.z_grid, outdir, "final")
     return _finish(run.st, run.cfg, run.data, device, _rng_state(run.sampler))
 
 
@@ -752,7 +787,30 @@ def _setup(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], outdir: Path, ckpt_
     z_grid = torch.randn(GRID_SIZE, st.G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return _Run(cfg, st, sampler, data, outdir, ckpt_path, device, z_grid)
+    monitor = None
+    if cfg.metrics_every:
+        monitor = RealismMonitor(fs, cfg.resolution, seed=cfg.seed + 777)
+        if st.best is not None and not (outdir / BEST_NAME).is_file():
+            _say(f"note: {outdir / BEST_NAME} is missing; the best snapshot is measured afresh from here")
+            st.best = None
+    return _Run(cfg, st, sampler, data, outdir, ckpt_path, device, z_grid, monitor)
+
+
+def _measure(run: _Run) -> None:
+    """SWD of G and its EMA vs the monitor's training crops; a new best goes to best.pt."""
+    st, t = run.st, time.time()
+    scores = {"raw": run.monitor.measure(st.G), "ema": run.monitor.measure(st.G_ema)}
+    new = update_best(st.best, st.iteration, scores)
+    if new is not None:
+        save_best(run.outdir / BEST_NAME, st.G if new.generator == "raw" else st.G_ema, new)
+        st.best = new
+    append_metrics(run.outdir / METRICS_NAME, {
+        "iteration": st.iteration, "kimg": st.iteration * run.cfg.batch / 1000, "swd_G": scores["raw"],
+        "swd_G_ema": scores["ema"], "best_iteration": st.best.iteration, "best_generator": st.best.generator,
+        "best_swd": st.best.swd, "seconds": time.time() - t})
+    plot_metrics(run.outdir / METRICS_NAME, run.outdir / METRICS_PLOT)
+    _say(f"iteration {st.iteration}: SWD vs training crops G {scores['raw']:.1f}, G_ema {scores['ema']:.1f}; "
+         f"best {st.best.swd:.1f} ({st.best.generator}, iteration {st.best.iteration})")
 
 
 def _loop(run: _Run, t0: float) -> Optional[str]:
@@ -785,6 +843,8 @@ def _loop(run: _Run, t0: float) -> Optional[str]:
                                      "(another -o) with a larger --r1-gamma or a smaller --lr")
                 bar.update(1)
                 it = st.iteration
+                if run.monitor is not None and it % cfg.metrics_every == 0:
+                    _measure(run)
                 out_of_time = cfg.time_limit is not None and \
                     time.time() + 2 * iter_s > t0 + cfg.time_limit * 60
                 if it % cfg.log_every == 0 or it == cfg.iters or out_of_time or flag.stop:
