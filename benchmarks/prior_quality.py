@@ -204,6 +204,21 @@ def eval_swd(rep: Report, real: Crops, sets: Dict[str, np.ndarray], seed: int) -
         rep.add("swd_x1e3", which, "mean", m * 1e3)
 
 
+def eval_draws(rep: Report, real: Crops, model, first: np.ndarray, args: argparse.Namespace) -> None:
+    """SWD of further generated sets (other z and noise): how much of a difference between two
+    models or checkpoints one draw of --n crops can resolve (at 256 crops, three draws of the
+    chunk-5 model spread 152-191; docs/models.md)."""
+    vals = [swd_mean(swd(real.x, first, seed=args.seed)) * 1e3]
+    for k in range(1, args.draws):
+        vals.append(swd_mean(swd(real.x, generated_crops(model, args.n, args.seed + 7919 * k), seed=args.seed)) * 1e3)
+    v = np.array(vals)
+    print(f"    generated, {len(v)} draws: mean {v.mean():.2f}, sd {v.std(ddof=1):.2f}, "
+          f"range {v.min():.2f}-{v.max():.2f}")
+    for k, x in enumerate(vals):
+        rep.add("swd_x1e3", f"generated draw {k}", "mean", float(x))
+    rep.add("swd_x1e3", "generated draws", "sd", float(v.std(ddof=1)))
+
+
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import ks_2samp
 
@@ -336,6 +351,8 @@ def evaluate(spec: str, args: argparse.Namespace) -> Report:
     sets = {"generated": fake, "real, other " + ("fields" if assay else "crops"): floor.x,
             f"real blurred (sigma {args.blur:g} px)": blur(floor.x, args.blur), **extra}
     eval_swd(rep, real, sets, args.seed)
+    if args.draws > 1:
+        eval_draws(rep, real, model, fake, args)
     t_swd = time.perf_counter()
     feats = eval_features(rep, assay, real, floor, fake) if assay is not None else None
     t_feat = time.perf_counter()
@@ -375,12 +392,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=None, metavar="DIR", help="write prior_quality.csv and PNG figures here")
     ap.add_argument("--generator", choices=("ema", "raw"), default="ema",
                     help="for a checkpoint.pt: its EMA generator or the raw G (`rls train --export`; default: ema)")
+    ap.add_argument("--draws", type=int, default=1, metavar="K",
+                    help="also measure K-1 further generated sets and print the spread of their SWD, to tell "
+                         "a real change from the draw's noise (default: 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.n < 2:
         ap.error("--n must be at least 2")
+    if args.draws < 1:
+        ap.error("--draws must be at least 1")
 
     specs = args.model
     if not specs:
