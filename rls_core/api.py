@@ -96,7 +96,7 @@ class _Prepared:
     mask: Optional[np.ndarray]        # (h, w) bool LR mask, or None
 
 
-def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, samples: int, batch_size: int,
+def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, batch_size: int,
               seed: int, mask: Optional[np.ndarray], intensity_range: Optional[IntensityRange]
               ) -> Tuple[np.ndarray, List[str]]:
     """Check every input before any work; returns the (C, h, w) full-scale float32 LR stack and
@@ -106,8 +106,6 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, sample
         check_seed(seed)
     except ValueError as e:
         raise InputError(str(e)) from None
-    if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     tile = check_factor(m, factor)
@@ -198,7 +196,7 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
     """
     t0 = time.perf_counter()
     m = load_model(model, device, accel=accel)
-    lr_img, warnings = _validate(m, image, factor, method, samples, batch_size, seed, mask,
+    lr_img, warnings = _validate(m, image, factor, method, batch_size, seed, mask,
                                  check_range(intensity_range))
     try:
         recon = make_reconstructor(m, method, factor, operator, samples, realism=realism, weights=weights,

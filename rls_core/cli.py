@@ -132,7 +132,8 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     check_factor(model, opts.factor)
     try:
         make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples, realism=opts.realism,
-                           weights=opts.weights, p_w=opts.p_w, steps=opts.steps)
+                           weights=opts.weights, p_w=opts.p_w, steps=opts.steps, learning_rate=opts.learning_rate,
+                           refine_steps=opts.refine_steps)
     except ValueError as e:
         raise InputError(str(e)) from None
     specs = plan_fields([Path(p) for p in args.inputs], model.channel_names)

@@ -9,6 +9,8 @@ evaluation measures exactly what users get.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -80,6 +82,18 @@ class BicubicReconstructor(Reconstructor):
         return TileBatch(hr, lr_psnr, torch.ones(y.shape[0], dtype=torch.bool, device=hr.device))
 
 
+def _check_search_options(steps: Optional[int], learning_rate: Optional[float], refine_steps: int) -> None:
+    """Refuse settings no tile could run with, naming the fix (the CLI checks them before any
+    field is read, the module before any image set)."""
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps must be >= 1 (or left to the method's default), got {steps}")
+    if learning_rate is not None and not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
+        raise ValueError(f"the learning rate must be a finite number > 0 (or left to the method's default), "
+                         f"got {learning_rate}")
+    if int(refine_steps) < 0:
+        raise ValueError(f"refine steps must be >= 0 (0: no RLS+ refinement), got {refine_steps}")
+
+
 class SearchReconstructor(Reconstructor):
     """A latent search (rls_core.search), optionally followed by the RLS+ refinement."""
 
@@ -87,6 +101,7 @@ class SearchReconstructor(Reconstructor):
                  realism: float = 1.0, weights: Optional[Dict[str, float]] = None, p_w: str = "flow",
                  steps: Optional[int] = None, learning_rate: Optional[float] = None,
                  start_spread: Optional[float] = None, refine_steps: int = 0, converge_l1: float = 0.03) -> None:
+        _check_search_options(steps, learning_rate, refine_steps)
         self.model, self.method, self.operator = model, method, operator
         self.samples = int(samples)
         spread = (SAMPLES_START_SPREAD if self.samples > 1 else 0.0) if start_spread is None else float(start_spread)
@@ -131,6 +146,8 @@ def make_reconstructor(model: LoadedModel, method: str, factor: int, operator: s
     weights, p_w, steps, learning_rate, start_spread, refine_steps, converge_l1); a method
     without a search (bicubic) has nothing they could change, so it ignores them."""
     spec = get_method(method)
+    if int(samples) < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     op = make_operator(operator, factor).to(model.device)
     if spec.search is None:
         return BicubicReconstructor(model, spec, op, samples)

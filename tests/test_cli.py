@@ -153,6 +153,19 @@ def test_a_missing_prior_stops_before_any_field(lr_folder, tmp_path, capsys):
     assert rc == 2 and "fit-prior" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--steps", "0", "steps must be >= 1"), ("--lr", "-1", "learning rate"), ("--lr", "nan", "learning rate"),
+    ("--refine-steps", "-1", "refine steps"), ("--samples", "0", "samples must be >= 1")])
+def test_search_settings_no_field_could_run_stop_before_any_field(lr_folder, tmp_path, tiny_model_path, capsys,
+                                                                  flag, value, message):
+    """Refused up front with exit 2 and the rule, not field by field with exit 1 (issue 15)."""
+    out = tmp_path / "sr"
+    rc = main(["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(out), "--model", str(tiny_model_path),
+               "--factor", "8", "--steps", "1", "-q", flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and not out.exists()
+
+
 def _many_fields(folder: Path, n: int) -> list:
     rng = np.random.default_rng(0)
     paths = []

@@ -201,6 +201,9 @@ def test_unknown_weights_and_bad_knob_are_refused(tiny_model, method):
                       weights={"lambda_typo": 1.0})
     with pytest.raises(InputError, match="realism"):
         super_resolve(np.zeros((2, 8, 8), np.float32), tiny_model, FACTOR, method, steps=1, realism=float("nan"))
+    for bad in (dict(steps=0), dict(learning_rate=-1.0), dict(learning_rate=float("inf")), dict(refine_steps=-1)):
+        with pytest.raises(InputError, match="must be"):
+            super_resolve(np.zeros((2, 8, 8), np.float32), tiny_model, FACTOR, method, **{"steps": 1, **bad})
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
