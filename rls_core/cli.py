@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
-from .errors import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError
+from .errors import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError
 from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 EPILOG = """\
@@ -80,7 +80,8 @@ scale-out (docs/scale-out.md):
   same field gives the same result in-process, in any shard and on any worker.
 
 exit codes: 0 every field done (with or without warnings), 1 some fields failed
-(summary.csv says which), 2 nothing could run (usage, model, device).
+(summary.csv says which), 2 nothing could run (usage, model, device), 130 interrupted
+(Ctrl-C; finished fields are kept, --skip-existing resumes).
 """
 
 
@@ -410,7 +411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_NOTHING_RAN
     except KeyboardInterrupt:
         print(f"rls {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

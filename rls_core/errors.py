@@ -12,6 +12,7 @@ from __future__ import annotations
 EXIT_OK = 0             # everything asked for was done
 EXIT_SOME_FAILED = 1    # some inputs failed (the summary says which); the others are done
 EXIT_NOTHING_RAN = 2    # nothing could run: bad usage, unusable model or data, no device
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished outputs are kept
 
 
 class RLSError(Exception):

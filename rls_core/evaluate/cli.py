@@ -14,7 +14,8 @@ import time
 from typing import List, Optional
 
 from ..methods import METHOD_NAMES as METHODS
-from .defaults import ABLATION, DEFAULT_CONDITION_REGEX, DEFAULT_SEED, ROBUSTNESS, SECTIONS
+from .defaults import (ABLATION, DEFAULT_CONDITION_REGEX, DEFAULT_SEED, QUICK_TABLE1_METHODS, ROBUSTNESS, SECTIONS,
+                       TABLE1_METHODS)
 
 EPILOG = f"""\
 what it produces (in REPORTDIR):
@@ -71,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-o", "--output", required=True, metavar="REPORTDIR", help="folder for report.md and the rest")
     g.add_argument("--factors", type=int, nargs="+", default=None, help="upscaling factors (default: 16 32)")
     g.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), metavar="METHOD",
-                   help="Table 1/2 methods (default: bicubic plain pulse brgm rls)")
+                   help=f"Table 1/2 methods (default: {' '.join(TABLE1_METHODS)}; "
+                        f"--quick: {' '.join(QUICK_TABLE1_METHODS)})")
     g.add_argument("--n-per-condition", type=int, default=None, metavar="N",
                    help="held-out crops per condition (default: 32; --quick: 3)")
     g.add_argument("--steps", type=int, default=None,
@@ -134,10 +136,9 @@ def config_from_args(a: argparse.Namespace):
     factors = a.factors or ([16] if q else [16, 32])
     if q and a.factors:
         factors = a.factors[:1]
-    full_methods = ["bicubic", "plain", "pulse", "brgm", "rls"]
     cfg = EvalConfig(
         assay=a.assay, model=a.model, out=a.output, factors=factors,
-        methods=a.methods or (["bicubic", "plain", "rls"] if q else full_methods),
+        methods=a.methods or list(QUICK_TABLE1_METHODS if q else TABLE1_METHODS),
         n_per_condition=a.n_per_condition or (3 if q else 32),
         steps=a.steps if a.steps is not None else (10 if q else None),
         seed=a.seed, search_seed=a.search_seed, hr_dir=a.hr_dir, condition_regex=a.condition_regex,

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .data import DEFAULT_CONDITION_REGEX, DEFAULT_SEED, EvalCrops, load_test_and_reference
-from .defaults import ABLATION, ROBUSTNESS
+from .defaults import ABLATION, ROBUSTNESS, TABLE1_METHODS
 from .degrade import hr_unit, make_lr
 from .measure import READOUTS, Measured, measure_sets
 from .run_methods import Variant, VariantResult, run_variant
@@ -29,7 +29,7 @@ class EvalConfig:
     model: str
     out: str
     factors: List[int] = field(default_factory=lambda: [16, 32])
-    methods: List[str] = field(default_factory=lambda: ["bicubic", "plain", "pulse", "brgm", "rls"])
+    methods: List[str] = field(default_factory=lambda: list(TABLE1_METHODS))
     n_per_condition: int = 32
     steps: Optional[int] = None
     seed: int = DEFAULT_SEED
