@@ -538,6 +538,13 @@ mismatched image, NaN pixels, a search that broke down).
     def upgrade_settings(self, setting_values, variable_revision_number, module_name):
         """Bring settings saved by an older revision to the current layout, one step per
         revision. 1 -> 2: the generator acceleration setting, appended (float32, as before)."""
+        if variable_revision_number > self.variable_revision_number:
+            # CellProfiler would zip the unknown layout onto these settings without a word.
+            raise ValueError(
+                "SuperResolveRLS: this pipeline was saved by a newer version of the module (settings "
+                "revision %d; this one knows up to %d). Update SuperResolveRLS (the package and the "
+                "plugins/ file: pip install -U superresolve-rls, then rls cellprofiler-files DIR) and "
+                "load the pipeline again." % (variable_revision_number, self.variable_revision_number))
         if variable_revision_number == 1:
             setting_values = list(setting_values) + [ACCEL_DEFAULT_LABEL]
             variable_revision_number = 2

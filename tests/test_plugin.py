@@ -155,6 +155,9 @@ def test_older_revisions_upgrade_step_by_step(cp, sr_module):
     assert sr_module.upgrade_settings(list(rev1), 1, "SuperResolveRLS") == (
         rev1 + [plugin.ACCEL_DEFAULT_LABEL, plugin.ON_FAILURE_STOP], 3)
     assert sr_module.upgrade_settings(list(rev2), 2, "SuperResolveRLS") == (rev2 + [plugin.ON_FAILURE_STOP], 3)
+    # a newer revision than the plugin knows: refused with the fix, not zipped onto these settings
+    with pytest.raises(ValueError, match="newer version of the module .*revision 4.*Update SuperResolveRLS"):
+        sr_module.upgrade_settings(current + ["x"], sr_module.variable_revision_number + 1, "SuperResolveRLS")
 
 
 def test_a_revision_2_pipeline_file_loads_with_stop_on_failure(cp, tiny_model_path):
