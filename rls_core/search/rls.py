@@ -37,14 +37,14 @@ class RLS(WPlusSearch):
             self._gauss_prior = GaussianPrior(model.stat("gauss_mean"), model.stat("gauss_cov")).to(model.device)
 
     def loss_terms(self, p: Params, w_plus, x_lr, y) -> Dict[str, torch.Tensor]:
-        w = self.weights
-        terms = {"fidelity": w["lambda_fid"] * l1_per_tile(x_lr, y)}
+        lam = self.weights  # the loss weights (lambda_*), not a latent code
+        terms = {"fidelity": lam["lambda_fid"] * l1_per_tile(x_lr, y)}
         if self._flow_prior is not None:
             t = self._flow_prior.terms(w_plus)
-            terms["p_w_logp"] = w["lambda_logp"] * t["logp"]
-            terms["p_w_norm"] = w["lambda_pnorm"] * t["pnorm"]
+            terms["p_w_logp"] = lam["lambda_logp"] * t["logp"]
+            terms["p_w_norm"] = lam["lambda_pnorm"] * t["pnorm"]
         if self._gauss_prior is not None:
-            terms["p_w_gauss"] = w["lambda_gauss"] * self._gauss_prior(w_plus)
-        if w["lambda_cross"] > 0:
-            terms["p_cross"] = w["lambda_cross"] * cross_euclidean(w_plus)
+            terms["p_w_gauss"] = lam["lambda_gauss"] * self._gauss_prior(w_plus)
+        if lam["lambda_cross"] > 0:
+            terms["p_cross"] = lam["lambda_cross"] * cross_euclidean(w_plus)
         return terms
