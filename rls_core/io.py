@@ -20,7 +20,7 @@ from .intensity import IntensityRange, dtype_notes, to_full_scale
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def read_raw(path: Path) -> np.ndarray:
     """A file's pixels as stored (ValueError says why it cannot be read)."""
     path = Path(path)
     if not path.exists():
@@ -56,7 +56,7 @@ def read_planes(path: Path, intensity_range: Optional[IntensityRange] = None) ->
     """A file -> ((planes, h, w) float32 in 0..1, notes on its scaling). RGB(A) and multi-page
     files become planes. InputError if its values cannot be scaled into 0..1 (rls_core.intensity)."""
     path = Path(path)
-    raw = _as_planes(_read_raw(path), path)
+    raw = _as_planes(read_raw(path), path)
     notes = [f"{path.name}: {n}" for n in dtype_notes(raw.dtype, intensity_range)]
     return to_full_scale(raw, intensity_range, source=str(path)), notes
 
@@ -94,7 +94,7 @@ def _plane_count(path: Path) -> int:
         if len(shape) == 3:
             return shape[-1] if (shape[-1] <= 4 and shape[0] > 4) else shape[0]
         raise ValueError(f"{path}: expected a 2-D image or a channel stack, got shape {shape}")
-    return _as_planes(_read_raw(path), path).shape[0]
+    return _as_planes(read_raw(path), path).shape[0]
 
 
 def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpec]:

@@ -122,6 +122,13 @@ def test_data_errors(tmp_path):
     small = _write_fields(tmp_path / "small", n=1, size=(20, 40))
     with pytest.raises(DataError, match="translocation_DMSO_B00_s1.*smaller than the 32-px"):
         load_fields(small, CHANNELS, crop=32)
+    # the searches' intensity rule (rls_core.intensity) applies to training images too: float
+    # pixels holding raw counts are refused with the file named, not trained on at a wrong scale
+    raw = _write_fields(tmp_path / "rawfloat", n=1)
+    bad = raw / "translocation_DMSO_B00_s1_NFkB.tif"
+    tifffile.imwrite(str(bad), tifffile.imread(str(bad)).astype(np.float32))
+    with pytest.raises(DataError, match="translocation_DMSO_B00_s1_NFkB.tif: values from .* must lie in 0..1; save training images"):
+        load_fields(raw, CHANNELS, crop=32)
 
 
 # ----------------------------------------------------------------------------- modules

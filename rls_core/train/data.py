@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import RLSError
+from ..io import IMAGE_SUFFIXES
 
-IMAGE_EXTS = (".tif", ".tiff", ".png")
 # Segmentation outputs that live next to the images but are not images of the assay.
 SKIP_SUFFIXES = ("_labels", "_nuclei", "_cells")
 # Pixels per channel used to measure the percentiles (a seeded subsample beyond this).
@@ -100,7 +100,7 @@ def _simulation_meta(folder: Path) -> Optional[Dict[str, Any]]:
 def _image_files(folder: Path) -> List[Path]:
     files = []
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
             continue
         if p.stem.endswith(SKIP_SUFFIXES):
             continue
@@ -118,21 +118,19 @@ def _split_channel(path: Path) -> Tuple[str, str]:
 
 
 def _read(path: Path) -> np.ndarray:
-    """Full-scale float32 pixels (raw / dtype max), as CellProfiler would see them."""
-    from skimage.util import img_as_float32
+    """Full-scale float32 pixels by the one intensity rule of the searches and the module
+    (rls_core.intensity: integers / dtype max, as CellProfiler; floats must already be in
+    0..1), so a model is trained on the scale it is later applied at."""
+    from ..intensity import to_full_scale
+    from ..io import read_raw
 
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(str(path))
-    else:
-        import imageio.v2 as imageio
-
-        arr = imageio.imread(str(path))
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    return img_as_float32(arr)
+    try:
+        return to_full_scale(read_raw(path), source=str(path))
+    except RLSError as e:  # its fix names the searches' --intensity-range, which training lacks
+        raise DataError(f"{e.problem}; save training images as integers (e.g. uint16 camera counts) or as "
+                        "floats scaled into 0..1") from None
+    except (ValueError, FileNotFoundError) as e:
+        raise DataError(str(e)) from None
 
 
 def _as_cyx(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -169,7 +167,7 @@ def discover_fields(folder: PathLike, channels: Optional[Sequence[str]] = None
         raise DataError(f"{folder}: not a folder; give the folder that holds the training images")
     files = _image_files(folder)
     if not files:
-        raise DataError(f"{folder}: no training images found (looked for {', '.join(IMAGE_EXTS)}; "
+        raise DataError(f"{folder}: no training images found (looked for {', '.join(IMAGE_SUFFIXES)}; "
                         f"files ending in {', '.join(s + '.tif' for s in SKIP_SUFFIXES)} are skipped)")
     channels = [c.strip() for c in channels if c.strip()] if channels else []
     if len(set(channels)) != len(channels):
