@@ -10,7 +10,6 @@ evaluation measures exactly what users get.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -83,8 +82,8 @@ class BicubicReconstructor(Reconstructor):
 
 
 def _check_search_options(steps: Optional[int], learning_rate: Optional[float], refine_steps: int) -> None:
-    """Refuse settings no tile could run with, naming the fix (the CLI checks them before any
-    field is read, the module before any image set)."""
+    """Refuse settings no tile could run with, naming the fix (the CLI builds a reconstructor
+    before reading any field, so such settings stop it with exit 2)."""
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps must be >= 1 (or left to the method's default), got {steps}")
     if learning_rate is not None and not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
