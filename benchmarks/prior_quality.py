@@ -189,9 +189,9 @@ def generated_crops(model, n: int, seed: int, batch: int = 32) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def eval_swd(rep: Report, real: Crops, sets: Dict[str, np.ndarray], seed: int) -> None:
+def eval_swd(rep: Report, real: Crops, sets: Dict[str, np.ndarray], seed: int) -> Dict[str, float]:
     print(f"  SWD x1e3 (Laplacian pyramid, 7x7 patches; lower is better) vs {real.source}")
-    header = None
+    header, means = None, {}
     for which, x in sets.items():
         d = swd(real.x, x, seed=seed)
         if header is None:
@@ -202,13 +202,15 @@ def eval_swd(rep: Report, real: Crops, sets: Dict[str, np.ndarray], seed: int) -
         for r, v in d.items():
             rep.add("swd_x1e3", which, str(r), v * 1e3)
         rep.add("swd_x1e3", which, "mean", m * 1e3)
+        means[which] = m * 1e3
+    return means
 
 
-def eval_draws(rep: Report, real: Crops, model, first: np.ndarray, args: argparse.Namespace) -> None:
+def eval_draws(rep: Report, real: Crops, model, first: float, args: argparse.Namespace) -> None:
     """SWD of further generated sets (other z and noise): how much of a difference between two
     models or checkpoints one draw of --n crops can resolve (at 256 crops, three draws of the
     chunk-5 model spread 152-191; docs/models.md)."""
-    vals = [swd_mean(swd(real.x, first, seed=args.seed)) * 1e3]
+    vals = [first]  # the set eval_swd measured
     for k in range(1, args.draws):
         vals.append(swd_mean(swd(real.x, generated_crops(model, args.n, args.seed + 7919 * k), seed=args.seed)) * 1e3)
     v = np.array(vals)
@@ -350,9 +352,9 @@ def evaluate(spec: str, args: argparse.Namespace) -> Report:
     t_gen = time.perf_counter()
     sets = {"generated": fake, "real, other " + ("fields" if assay else "crops"): floor.x,
             f"real blurred (sigma {args.blur:g} px)": blur(floor.x, args.blur), **extra}
-    eval_swd(rep, real, sets, args.seed)
+    means = eval_swd(rep, real, sets, args.seed)
     if args.draws > 1:
-        eval_draws(rep, real, model, fake, args)
+        eval_draws(rep, real, model, means["generated"], args)
     t_swd = time.perf_counter()
     feats = eval_features(rep, assay, real, floor, fake) if assay is not None else None
     t_feat = time.perf_counter()

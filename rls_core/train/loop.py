@@ -41,8 +41,8 @@ from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
-from .monitor import (BEST_NAME, METRICS_NAME, METRICS_PLOT, Best, RealismMonitor, append_metrics, load_best, plot_metrics,
-                      save_best, update_best)
+from .monitor import (BEST_NAME, METRICS_NAME, METRICS_PLOT, Best, RealismMonitor, append_csv_row, append_metrics,
+                      load_best, plot_metrics, save_best, update_best)
 from . import EXPORTS
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -558,12 +558,7 @@ def _snapshot(G: Generator, z: torch.Tensor, outdir: Path, tag: str) -> Path:
 
 
 def _append_log(path: Path, row: Dict[str, Any]) -> None:
-    cols = ["iteration", "kimg", "D", "G", "R1", "pl", "s_per_iter", "wall_s"]
-    new = not path.exists()
-    with open(path, "a") as fh:
-        if new:
-            fh.write(",".join(cols) + "\n")
-        fh.write(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in cols) + "\n")
+    append_csv_row(path, ["iteration", "kimg", "D", "G", "R1", "pl", "s_per_iter", "wall_s"], row)
 
 
 def _human(seconds: float) -> str:
@@ -591,13 +586,13 @@ def _exported_generator(st: _State, cfg: TrainConfig) -> Generator:
 
 
 def _finish(st: _State, cfg: TrainConfig, data: Dict[str, Any], device: torch.device,
-            rng: Dict[str, Any]) -> Path:
+            rng: Dict[str, Any], G: Optional[Generator] = None) -> Path:
     """Mean w, latent prior (stats + flow) on the exported generator (`cfg.export`: the EMA
     average, or the raw G), then the bundle (float16 weights) and the slim resume checkpoint
     that goes with it. A slim resume restarts G and its EMA from the bundle's generator."""
     from ..bundle import ModelBundle, save_bundle
 
-    G = _exported_generator(st, cfg).eval()
+    G = (G if G is not None else _exported_generator(st, cfg)).eval()
     n_avg = max(10_000, int(cfg.fit_prior_samples))
     _say(f"estimating w_avg from {n_avg} mapped samples")
     G.estimate_w_avg(n=n_avg, seed=cfg.seed)
@@ -741,8 +736,9 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         _say("--finish-at-limit: writing the bundle from the current state")
     if run.st.iteration > 0 and not ckpt_path.exists():
         save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
-    _snapshot(_exported_generator(run.st, run.cfg), run.z_grid, outdir, "final")
-    return _finish(run.st, run.cfg, run.data, device, _rng_state(run.sampler))
+    G = _exported_generator(run.st, run.cfg)
+    _snapshot(G, run.z_grid, outdir, "final")
+    return _finish(run.st, run.cfg, run.data, device, _rng_state(run.sampler), G)
 
 
 def _setup(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], outdir: Path, ckpt_path: Path,

@@ -99,13 +99,18 @@ def load_best(path: Path) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def append_metrics(path: Path, row: Dict[str, Any]) -> None:
+def append_csv_row(path: Path, columns: List[str], row: Dict[str, Any]) -> None:
+    """One row of a log CSV (header first when new); floats to 6 significant digits, missing blank."""
     new = not path.exists()
     with open(path, "a") as fh:
         if new:
-            fh.write(",".join(_COLUMNS) + "\n")
+            fh.write(",".join(columns) + "\n")
         fh.write(",".join("" if row.get(c) is None else
-                          (f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])) for c in _COLUMNS) + "\n")
+                          (f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])) for c in columns) + "\n")
+
+
+def append_metrics(path: Path, row: Dict[str, Any]) -> None:
+    append_csv_row(path, _COLUMNS, row)
 
 
 def read_metrics(path: Path) -> List[Dict[str, str]]:
