@@ -83,7 +83,7 @@ def main() -> None:
     batched = time_search(search, y, args.steps)
     t0 = time.perf_counter()
     for i in range(n):
-        search.run(y[i:i + 1], steps=args.steps)
+        search.run(y[i:i + 1], [i], steps=args.steps)
     if m.device.type == "cuda":
         torch.cuda.synchronize()
     serial = time.perf_counter() - t0

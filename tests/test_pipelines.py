@@ -2,6 +2,8 @@
 
 Small inputs and tiny models keep this quick; the SR pipelines' model setting is pointed at a
 tiny model with pipelines/make_pipelines.py's `customize` (as a user would for their own model).
+One in-process run uses the shipped translocation model and the real search (fewer steps) and
+checks that the nuclei are found.
 The HR reference pipelines run on the committed examples and must show the biology. The
 scientific SR check with the shipped models is marked slow and skips while they are missing.
 """
@@ -146,7 +148,9 @@ def test_sr_pipeline_in_process(cp, tiny_models, small_lr, tmp_path, assay):
         assert math.isfinite(m.get_measurement("Image", "SuperResolveRLS_LRPSNR_DNA", i))
         assert m.get_measurement("Image", "SuperResolveRLS_NumberOfTiles_DNA", i) == 25
     fname, column = CSV[assay]
-    cols = header(tmp_path / fname)  # a random tiny model may give no cells: check the columns
+    # the random tiny model draws noise, so this checks the plumbing and the columns; the cells
+    # themselves: test_sr_pipeline_in_process_with_the_shipped_model_finds_the_nuclei
+    cols = header(tmp_path / fname)
     assert column in cols and "Metadata_Condition" in cols
     image_rows = read_rows(tmp_path / fname.replace("_Cells.csv", "_Image.csv"))
     assert {r["Metadata_Condition"] for r in image_rows} == set(CONDITIONS[assay])
@@ -357,3 +361,53 @@ def test_cellprofiler_batch_mode_halves_equal_one_run(cp, tiny_models, small_lr,
     assert "SuperResolveRLS_LRPSNR_DNA" in keep and "Count_Nuclei" in keep
     assert all(r["SuperResolveRLS_Succeeded_DNA"] == "1" for r in full)
     assert [{k: r[k] for k in keep} for r in halves] == [{k: r[k] for k in keep} for r in full]
+
+
+@pytest.fixture(scope="session")
+def site1_lr16(tmp_path_factory):
+    """Site 1 of each condition of the committed 16x LR examples (16x16 px, 9 tiles of the shipped models)."""
+    out = {}
+    for assay in CHANNELS:
+        d = tmp_path_factory.mktemp(f"{assay}_lr16_s1")
+        for p in (EXAMPLES / assay / "lr").glob(f"{assay}_*_s1_*.tif"):
+            shutil.copy(p, d / p.name)
+        out[assay] = d
+    return out
+
+
+def true_nuclei(assay: str, condition: str) -> int:
+    import numpy as np
+    import tifffile
+
+    labels = tifffile.imread(next((EXAMPLES / assay / "hr").glob(f"{assay}_{condition}_*_s1_nuclei_labels.tif")))
+    return len(np.unique(labels[labels > 0]))
+
+
+def test_sr_pipeline_in_process_with_the_shipped_model_finds_the_nuclei(cp, site1_lr16, tmp_path):
+    """The shared translocation pipeline as shipped (shipped model, RLS, 16x), only with 60 steps
+    instead of 500: the real search in real CellProfiler must give images in which the standard
+    modules find the nuclei. (The golgi model cannot draw its cells yet: its shipped-pipeline test,
+    test_sr_with_shipped_models_preserves_the_biology, is an expected failure until it is retrained.)"""
+    import cellprofiler_core.preferences as prefs
+
+    assay = "translocation"
+    p = cp.customize(cp.load(PIPELINES / f"{assay}.cppipe"), None, steps=60)
+    prefs.set_default_output_directory(str(tmp_path))
+    prefs.set_default_image_directory(str(site1_lr16[assay]))
+    p.add_pathnames_to_file_list(sorted(str(f) for f in site1_lr16[assay].glob("*.tif")))
+    m = p.run()
+    assert m.get_experiment_measurement("Exit_Status") == "Complete"
+    images = m.get_image_numbers()
+    assert len(images) == 2
+    for i in images:
+        cond = m.get_measurement("Image", "Metadata_Condition", i)
+        assert m.get_measurement("Image", "ModuleError_05SuperResolveRLS", i) == 0
+        assert m.get_measurement("Image", "SuperResolveRLS_Succeeded_DNA", i) == 1
+        # 16 px LR, 8-px tiles overlapping by 2 (a quarter): 3 x 3
+        assert m.get_measurement("Image", "SuperResolveRLS_NumberOfTiles_DNA", i) == 9
+        assert math.isfinite(m.get_measurement("Image", "SuperResolveRLS_LRPSNR_DNA", i))
+        found, truth = m.get_measurement("Image", "Count_Nuclei", i), true_nuclei(assay, cond)
+        # At 16x a nucleus (20-35 px) spans ~2 LR pixels, so touching nuclei merge and some are
+        # lost (measured: 5 of 9 and 7 of 14). The lower bound fails a search that draws no
+        # nucleus-like blobs; the upper one, one that breaks them up.
+        assert truth / 3 <= found <= 1.5 * truth, (cond, found, truth)

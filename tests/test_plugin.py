@@ -105,9 +105,20 @@ def test_plugin_registered(cp):
     cls = get_module_class("SuperResolveRLS")
     assert cls.category == "Image Processing"
     assert cls.variable_revision_number == 3
-    doc = cls.__doc__
-    for needle in ("Respects masks?", "2405.19112", "2003.03808", "2012.09967", "1912.04958", "2004.00049"):
-        assert needle in doc
+    # every setting a user can see has help (the GUI's "?" buttons), and the Method help explains
+    # every choice, which come from the library's method table: a method added there without
+    # help in the module fails here
+    from rls_core.methods import MODULE_CHOICES
+
+    module = cls()
+    module.show_advanced.value = True
+    for setting in module.visible_settings():
+        if type(setting).__name__ == "Divider":
+            continue
+        assert len((setting.doc or "").strip()) >= 40, f"setting {setting.text!r} has no help text"
+    assert module.method.choices == list(MODULE_CHOICES)
+    for name in MODULE_CHOICES:
+        assert f"*{name}*" in module.method.doc, f"method {name!r} is not explained in the Method help"
     # heavy dependencies are imported lazily: loading the plugin (as CellProfiler does at start-up,
     # for every user, pipeline or not) imports neither torch nor the search code
     import subprocess
