@@ -90,7 +90,6 @@ def random_model(cfg, accel: str, device: str):
     trained one of the same shape."""
     from rls_core.bundle import ModelBundle, save_bundle, set_prior
     from rls_core.generator import Generator
-    from rls_core.model import load_model
     from rls_core.priors import fit_prior
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .accel import ACCEL_MODES, DEFAULT_ACCEL
-from .errors import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, InputError, RLSError, run_command
 from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 EPILOG = """\
@@ -404,14 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_OK
-    try:
-        return int(args.func(args) or 0)
-    except RLSError as e:  # a foreseeable problem: its message says what to do, no traceback
-        print(f"rls {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_NOTHING_RAN
-    except KeyboardInterrupt:
-        print(f"rls {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(args.command, args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,3 +196,20 @@ def test_blank_crops_measure_as_no_objects(tmp_path):
                      tmp_path, object_scale=0.25, progress=False)
     assert np.isnan(m.crop_values["HR"]).all() and len(m.cell_values["HR"]) == 0
     assert (np.nan_to_num(m.crop_objects["HR"]) == 0).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--degradations", "fog:3"], "bad degradation 'fog:3'"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--model", "no_such_model"], "no_such_model"),
+])
+def test_bad_settings_stop_before_any_search_with_a_message(tiny_model_path, tmp_path, capsys, bad, message):
+    """Refused up front (exit 2, the problem named, no traceback), before any output is written."""
+    from rls_core.cli import main
+
+    args = ["evaluate", "--assay", "translocation", "--model", str(tiny_model_path), "--factors", "8",
+            "-o", str(tmp_path / "report"), "--quick", "--threads", "1", "-q", "--dry-run"]
+    assert main(args + bad) == 2
+    err = capsys.readouterr().err
+    assert "rls evaluate: error:" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "report" / "report.md").exists()

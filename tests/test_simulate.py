@@ -199,9 +199,10 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "golgi_Nocodazole_B03_s1_Golgi.tif").exists()
     assert (tmp_path / "golgi_Nocodazole_B03_s1_DNA.tif").exists()
     assert not list(tmp_path.glob("golgi_DMSO_*"))
-    bad = parser.parse_args(["--assay", "golgi", "--condition", "TNFa", "-o", str(tmp_path)])
-    assert sim_cli.run(bad) == 2
-    assert "Nocodazole" in capsys.readouterr().err
+    # a bad condition: the message names the valid ones, exit 2, no traceback
+    assert sim_cli.main(["--assay", "golgi", "--condition", "TNFa", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "rls simulate: error:" in err and "Nocodazole" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     out = capsys.readouterr().out

@@ -279,9 +279,9 @@ def test_slim_resume_checkpoint(data_dir, tmp_path):
         train(_cfg(data_dir, other, iters=14, resume=True))
 
 
-def test_finish_and_cli(data_dir, tmp_path):
+def test_finish_and_cli(data_dir, tmp_path, capsys):
     from rls_core.bundle import load_bundle
-    from rls_core.train.cli import add_arguments, config_from_args, run
+    from rls_core.train.cli import add_arguments, config_from_args, main, run
 
     parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
     help_text = parser.format_help()
@@ -308,11 +308,12 @@ def test_finish_and_cli(data_dir, tmp_path):
             b = torch.from_numpy(np.asarray(raw.generator_state[name])).float()
             assert torch.equal(b, g.half().float()), name
     assert any(not torch.equal(ck["G"][k], ck["G_ema"][k]) for k in ck["G"] if k != "mapping.w_avg")
-    bad = parser.parse_args([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"])
-    assert run(bad) == 2
+    assert main([str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--no-progress"]) == 2
     # --export best without measurements: refused with the option that fixes it (exit 2, no traceback)
-    nobest = parser.parse_args([str(data_dir), "-o", str(tmp_path / "y"), "--export", "best", "--no-progress"])
-    assert run(nobest) == 2 and not (tmp_path / "y" / CHECKPOINT_NAME).exists()
+    assert main([str(data_dir), "-o", str(tmp_path / "y"), "--export", "best", "--no-progress"]) == 2
+    assert not (tmp_path / "y" / CHECKPOINT_NAME).exists()
+    err = capsys.readouterr().err
+    assert err.count("rls train: error:") == 2 and "--metrics-every" in err and "Traceback" not in err
     assert config_from_args(parser.parse_args([str(data_dir), "-o", "o", "--metrics-every", "7"])).metrics_every == 7
 
 

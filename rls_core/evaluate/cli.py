@@ -190,35 +190,32 @@ def _estimate(cfg, log) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `rls evaluate`; returns the exit status."""
-    from .data import DataSetupError
-    from .measure import MeasureError, READOUTS, find_cellprofiler
+    """Entry point of `rls evaluate`; returns the exit status. Bad settings, data, models or a
+    missing CellProfiler raise an RLSError, which errors.run_command reports (exit 2)."""
+    from ..errors import InputError
+    from .degrade import validate
+    from .measure import READOUTS, find_cellprofiler
 
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    try:
-        cfg = config_from_args(args)
-        for x in (cfg.n_per_condition, cfg.batch_size, cfg.samples, cfg.sample_inputs, cfg.folds, cfg.cp_jobs):
-            if x < 1:
-                raise ValueError("counts (--n-per-condition, --batch-size, --samples, --folds, ...) must be >= 1")
-        from .degrade import validate
-        validate(cfg.degradations)
-        if cfg.wants("biology") and cfg.assay in READOUTS:
-            find_cellprofiler(cfg.cellprofiler)  # fail now, not after hours of searching
-        _estimate(cfg, log)
-        if args.dry_run:
-            return 0
-        from .experiment import run as run_experiment
-        from .report import command_line, write_report
+    cfg = config_from_args(args)
+    for x in (cfg.n_per_condition, cfg.batch_size, cfg.samples, cfg.sample_inputs, cfg.folds, cfg.cp_jobs):
+        if x < 1:
+            raise InputError("counts (--n-per-condition, --batch-size, --samples, --folds, ...) must be >= 1")
+    validate(cfg.degradations)
+    if cfg.wants("biology") and cfg.assay in READOUTS:
+        find_cellprofiler(cfg.cellprofiler)  # fail now, not after hours of searching
+    _estimate(cfg, log)
+    if args.dry_run:
+        return 0
+    from .experiment import run as run_experiment
+    from .report import command_line, write_report
 
-        res = run_experiment(cfg, log)
-        path = write_report(res, command_line(cfg), t0)
-    except (DataSetupError, MeasureError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"rls evaluate: error: {e}", file=sys.stderr)
-        return 2
+    res = run_experiment(cfg, log)
+    path = write_report(res, command_line(cfg), t0)
     if args.clean:
         import shutil
 
@@ -229,9 +226,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """`python -m rls_core.evaluate.cli ...` (same as `rls evaluate ...`)."""
+    from ..errors import run_command
+
     p = argparse.ArgumentParser(prog="rls evaluate", description=__doc__.strip().splitlines()[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run_command("evaluate", run, p.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..operators import make_operator, parse_degradation
 from .defaults import ROBUSTNESS  # noqa: F401  (re-exported: the Fig. 6 grid)
 
@@ -46,5 +47,8 @@ def degradation_kind(spec: str) -> Tuple[str, float]:
 def validate(specs: List[str]) -> List[str]:
     """Fail early (before hours of searching) on a malformed degradation."""
     for s in specs:
-        parse_degradation(s)
+        try:
+            parse_degradation(s)
+        except ValueError as e:
+            raise InputError(str(e), "fix --degradations (see rls evaluate --help)") from None
     return list(specs)

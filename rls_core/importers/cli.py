@@ -109,7 +109,7 @@ def _err(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Convert, optionally fit the prior, save. Returns a process exit code (0 ok, 2 refused)."""
     from ..bundle import save_bundle
-    from . import ImportErrorRLS, UnsafeCheckpointError, import_checkpoint
+    from . import UnsafeCheckpointError, import_checkpoint
 
     out = Path(args.output)
     if out.suffix.lower() not in (".h5", ".hdf5"):
@@ -122,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
     except UnsafeCheckpointError as e:
         return _err(f"{e}\nThe file was NOT loaded. Only import checkpoints whose origin you trust, and report "
                     "a genuine StyleGAN2 file that is refused.")
-    except ImportErrorRLS as e:
-        return _err(str(e))
     n = len(bundle.channel_names)
     ranges = args.intensity_range
     if ranges:
@@ -155,9 +153,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..errors import run_command
+
     parser = argparse.ArgumentParser(prog="rls import")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("import", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,6 +59,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import InputError
 from .assays import ASSAYS, CONDITIONS, render_dna, render_golgi, render_nfkb
 from .cells import make_geometry
 from .optics import OpticsParams, acquire, illumination_field
@@ -87,29 +88,29 @@ class SimulatedField:
 
 def _check_assay_condition(assay: str, condition: str) -> None:
     if assay not in ASSAYS:
-        raise ValueError(f"unknown assay {assay!r}; valid assays: {', '.join(sorted(ASSAYS))}")
+        raise InputError(f"unknown assay {assay!r}; valid assays: {', '.join(sorted(ASSAYS))}")
     if condition not in CONDITIONS[assay]:
-        raise ValueError(f"condition {condition!r} is not valid for assay {assay!r}; "
+        raise InputError(f"condition {condition!r} is not valid for assay {assay!r}; "
                          f"valid conditions: {', '.join(CONDITIONS[assay])}")
 
 
 def _check_params(size, density, responder_fraction, nucleus_diameter, dose, seed) -> None:
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise ValueError(f"size must be an integer >= {MIN_SIZE} px, got {size!r}")
+        raise InputError(f"size must be an integer >= {MIN_SIZE} px, got {size!r}")
     if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if not (density > 0 and math.isfinite(density)):
-        raise ValueError(f"density must be > 0 (1.0 = typical sub-confluent), got {density!r}")
+        raise InputError(f"density must be > 0 (1.0 = typical sub-confluent), got {density!r}")
     if not 0.0 <= responder_fraction <= 1.0:
-        raise ValueError(f"responder_fraction must be in [0, 1], got {responder_fraction!r}")
+        raise InputError(f"responder_fraction must be in [0, 1], got {responder_fraction!r}")
     if not 0.0 <= dose <= 1.0:
-        raise ValueError(f"dose must be in [0, 1] (1 = saturating), got {dose!r}")
+        raise InputError(f"dose must be in [0, 1] (1 = saturating), got {dose!r}")
     try:
         dmin, dmax = (float(v) for v in nucleus_diameter)
     except (TypeError, ValueError):
-        raise ValueError(f"nucleus_diameter must be a (min, max) pair in px, got {nucleus_diameter!r}")
+        raise InputError(f"nucleus_diameter must be a (min, max) pair in px, got {nucleus_diameter!r}")
     if not (4.0 <= dmin <= dmax) or dmax >= size:
-        raise ValueError(f"nucleus_diameter must satisfy 4 <= min <= max < size, "
+        raise InputError(f"nucleus_diameter must satisfy 4 <= min <= max < size, "
                          f"got {nucleus_diameter!r} for size {size}")
 
 
@@ -202,14 +203,14 @@ def write_dataset(out_dir: Union[str, Path], assay: str, conditions: Optional[Se
     from tqdm import tqdm
 
     if assay not in ASSAYS:
-        raise ValueError(f"unknown assay {assay!r}; valid assays: {', '.join(sorted(ASSAYS))}")
+        raise InputError(f"unknown assay {assay!r}; valid assays: {', '.join(sorted(ASSAYS))}")
     conds = list(conditions) if conditions else list(CONDITIONS[assay])
     for c in conds:
         _check_assay_condition(assay, c)
     if len(set(conds)) != len(conds):
-        raise ValueError(f"conditions must not repeat, got {conds}")
+        raise InputError(f"conditions must not repeat, got {conds}")
     if not isinstance(fields, (int, np.integer)) or fields < 1:
-        raise ValueError(f"fields must be an integer >= 1, got {fields!r}")
+        raise InputError(f"fields must be an integer >= 1, got {fields!r}")
     _check_params(size, kw.get("density", 1.0), kw.get("responder_fraction", 0.85),
                   kw.get("nucleus_diameter", (20, 35)), kw.get("dose", 1.0), seed)
     out = Path(out_dir)
@@ -230,7 +231,7 @@ def write_dataset(out_dir: Union[str, Path], assay: str, conditions: Optional[Se
             tifffile.imwrite(p, f.channels[name], photometric="minisblack", metadata=None)
             written.append(p)
         if int(f.cells.max()) > 65535:
-            raise ValueError("more than 65535 cells in one field; use a smaller size")
+            raise InputError("more than 65535 cells in one field; use a smaller size")
         tifffile.imwrite(out / f"{stem}_nuclei_labels.tif", f.nuclei.astype(np.uint16),
                          photometric="minisblack", metadata=None)
         tifffile.imwrite(out / f"{stem}_cells_labels.tif", f.cells.astype(np.uint16),

@@ -80,16 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the dataset described by ``args``; returns a process exit code."""
-    try:
-        paths = write_dataset(
-            args.out, args.assay, args.condition, args.fields, args.seed, size=args.size,
-            progress=not getattr(args, "no_progress", False), density=args.density,
-            responder_fraction=args.responder_fraction, dose=args.dose,
-            nucleus_diameter=tuple(args.nucleus_diameter))
-    except ValueError as exc:
-        print(f"rls simulate: error: {exc}", file=sys.stderr)
-        return 2
+    """Write the dataset described by ``args``; returns a process exit code. Bad parameters
+    raise InputError (errors.run_command turns it into a message and exit 2)."""
+    paths = write_dataset(
+        args.out, args.assay, args.condition, args.fields, args.seed, size=args.size,
+        progress=not getattr(args, "no_progress", False), density=args.density,
+        responder_fraction=args.responder_fraction, dose=args.dose,
+        nucleus_diameter=tuple(args.nucleus_diameter))
     conds = args.condition or list(CONDITIONS[args.assay])
     print(f"wrote {len(paths)} images ({len(conds)} condition(s) x {args.fields} field(s) x "
           f"{len(ASSAYS[args.assay])} channels) + labels + ground_truth.csv to {args.out}")
@@ -97,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..errors import run_command
+
     parser = argparse.ArgumentParser(prog="rls simulate")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("simulate", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -199,23 +199,20 @@ def _program_name() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `rls train`; 0 when the bundle was written or the run stopped cleanly for a resume."""
-    from ..bundle import BundleError
-    from .data import DataError
-    from .loop import TrainError, train
+    """Run `rls train`; 0 when the bundle was written or the run stopped cleanly for a resume.
+    Data, training and bundle errors (RLSError) reach the caller (errors.run_command)."""
+    from .loop import train
 
-    try:
-        path = train(config_from_args(args))
-    except (DataError, TrainError, BundleError) as e:
-        print(f"rls train: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
+    print(train(config_from_args(args)))
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m rls_core.train.cli ...` (same as `rls train ...`)."""
+    from ..errors import run_command
+
     parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
-    return run(parser.parse_args(argv))
+    return run_command("train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
