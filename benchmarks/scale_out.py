@@ -4,13 +4,16 @@
     python benchmarks/scale_out.py --fields 8 --steps 50 --workers 2
     python benchmarks/scale_out.py --gpu-ms-per-tile-step 0.9   # add a GPU row (search_speed.py on the GPU)
 
-Both runs are the command users run (`rls super-resolve`, as a subprocess, start-up and model
+All runs are the command users run (`rls super-resolve`, as a subprocess, start-up and model
 loading included) on the same simulated LR fields (examples/make_examples.py: `rls simulate`,
 then the search's bicubic operator):
   1. in-process, torch on one thread (OMP_NUM_THREADS=1);
-  2. `--cluster local --workers N`: N worker processes of one thread each.
-On a machine with N free cores a speed-up near N means the engine adds little overhead. The
-SR pixels of the two runs must be the same bits (docs/reproducibility.md); this is checked.
+  2. `--shard i/N` for i = 1..N at the same time: a job array on this machine, N processes of
+     one thread, no Dask. What N processes gain here is the machine's own limit (memory
+     bandwidth and shared caches can keep it well under N even with N free cores);
+  3. `--cluster local --workers N`: N Dask worker processes of one thread each.
+Run 3 against run 2 is the Dask engine's overhead; run 2 against run 1 is what the machine
+gives. The SR pixels of runs 1 and 3 must be the same bits (docs/reproducibility.md): checked.
 
 Then a projection: the per-tile-step cost measured in run 1 (seconds of the searches over
 tiles x steps, from summary.csv) times the tiles of one screen field at the method's default
@@ -49,21 +52,29 @@ def make_fields(folder: Path, assay: str, n: int, size: int, factor: int, seed: 
     return lr
 
 
-def run_cli(inputs: List[str], out: Path, common: List[str], extra: List[str]) -> float:
-    """Wall seconds of one `rls super-resolve` process; stops the benchmark if it fails."""
+def run_cli(inputs: List[str], out: Path, common: List[str], extras: List[List[str]]) -> float:
+    """Wall seconds of `rls super-resolve` processes started together, one per entry of
+    `extras` (its extra arguments); stops the benchmark if one fails."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "rls_core", "super-resolve", *inputs, "-o", str(out), *common, *extra, "-q"]
+    cmds = [[sys.executable, "-m", "rls_core", "super-resolve", *inputs, "-o", str(out), *common, *extra, "-q"]
+            for extra in extras]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    results = [(p, *p.communicate()) for p in procs]
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd[2:4])} {' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    for (p, _, err), extra in zip(results, extras):
+        if p.returncode != 0:
+            sys.exit(f"error: rls super-resolve {' '.join(extra)} failed (exit {p.returncode}):\n{err[-2000:]}")
     return wall
 
 
 def read_summary(out: Path) -> List[Dict[str, str]]:
-    with open(out / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of every summary*.csv in `out` (one per shard)."""
+    rows: List[Dict[str, str]] = []
+    for path in sorted(out.glob("summary*.csv")):
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    return rows
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -135,25 +146,31 @@ def main(argv=None) -> Dict[str, float]:
         inputs = sorted(str(p) for p in lr.glob("*.tif"))
         print(f"{len(inputs)} LR images ({args.size // args.factor} px) of {args.assay}, model {model.name}, "
               f"{args.method} x{args.factor}, {args.steps} steps; {os.cpu_count()} CPU cores")
-        wall_1 = run_cli(inputs, tmp / "inproc", common, [])
-        wall_n = run_cli(inputs, tmp / "dask", common, ["--cluster", "local", "--workers", str(args.workers)])
+        k = args.workers
+        wall_1 = run_cli(inputs, tmp / "inproc", common, [[]])
+        wall_s = run_cli(inputs, tmp / "shards", common, [["--shard", f"{i}/{k}"] for i in range(1, k + 1)])
+        wall_n = run_cli(inputs, tmp / "dask", common, [["--cluster", "local", "--workers", str(k)]])
         rows = read_summary(tmp / "inproc")
         n = len(rows)
-        if not all(r["status"] in ("ok", "warning") for r in rows + read_summary(tmp / "dask")):
-            sys.exit("error: some fields failed; see the summaries")
+        every = rows + read_summary(tmp / "shards") + read_summary(tmp / "dask")
+        if len(every) != 3 * n or not all(r["status"] in ("ok", "warning") for r in every):
+            sys.exit("error: some fields failed or are missing; see the summaries")
         identical = same_outputs(tmp / "inproc", tmp / "dask")
         tile_steps = sum(int(r["tiles"]) for r in rows) * args.steps
         search_s = sum(float(r["seconds"]) for r in rows)
+        search_s_k = sum(float(r["seconds"]) for r in read_summary(tmp / "shards"))
         search_n = sum(float(r["seconds"]) for r in read_summary(tmp / "dask"))
 
-    fpm_1, fpm_n = 60 * n / wall_1, 60 * n / wall_n
+    fpm_1, fpm_s, fpm_n = 60 * n / wall_1, 60 * n / wall_s, 60 * n / wall_n
     # "search s": the fields' own seconds summed over workers; the rest of the wall time is
     # start-up (Python, model, cluster), reading and writing
     print(f"\n{'run':<34} {'wall s':>8} {'search s':>9} {'fields/min':>11}")
     print(f"{'in-process, 1 thread':<34} {wall_1:>8.1f} {search_s:>9.1f} {fpm_1:>11.2f}")
-    print(f"{f'LocalCluster, {args.workers} x 1 thread':<34} {wall_n:>8.1f} {search_n:>9.1f} {fpm_n:>11.2f}")
-    print(f"speed-up {fpm_n / fpm_1:.2f}x with {args.workers} workers (limit: {args.workers:.0f}x on "
-          f"{args.workers} free cores); SR pixels identical: {'yes' if identical else 'NO'}")
+    print(f"{f'{k} shards at once (job array)':<34} {wall_s:>8.1f} {search_s_k:>9.1f} {fpm_s:>11.2f}")
+    print(f"{f'LocalCluster, {k} x 1 thread':<34} {wall_n:>8.1f} {search_n:>9.1f} {fpm_n:>11.2f}")
+    print(f"this machine with {k} processes: {fpm_s / fpm_1:.2f}x one (its limit; {k}x with {k} independent "
+          f"cores); Dask: {fpm_n / fpm_1:.2f}x one = {fpm_n / fpm_s:.2f} of the job array; "
+          f"SR pixels identical: {'yes' if identical else 'NO'}")
 
     per_tile_step = search_s / tile_steps
     steps = get_method(args.method).steps
@@ -164,7 +181,8 @@ def main(argv=None) -> Dict[str, float]:
     print(f"projection: {args.screen_fields} fields of {args.screen_size}x{args.screen_size} HR px = "
           f"{tiles} tiles each, x{args.factor}, {steps} steps ({args.method}'s default)")
     print(f"{'workers':<44} " + " ".join(f"{w:>10}" for w in args.screen_workers))
-    figures = dict(fields=n, wall_inprocess_s=wall_1, wall_cluster_s=wall_n, speedup=fpm_n / fpm_1,
+    figures = dict(fields=n, wall_inprocess_s=wall_1, wall_shards_s=wall_s, wall_cluster_s=wall_n,
+                   speedup=fpm_n / fpm_1, machine_speedup=fpm_s / fpm_1,
                    identical=identical, ms_per_tile_step=1000 * per_tile_step, gflop_per_tile_step=gflop,
                    screen_tiles_per_field=tiles, screen_steps=steps)
     rows_out = [("CPU thread (measured here), hours", per_tile_step)]
