@@ -70,9 +70,22 @@ def open_client(scheduler: Optional[str] = None, cluster: Optional[str] = None,
     if workers is not None and workers < 1:
         raise RLSError(f"--workers must be >= 1, got {workers}")
     n = workers or max(1, os.cpu_count() or 1)
-    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local, distributed.Client(local) as client:
-        yield client
+    import dask
+
+    # The nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it switches off glibc's
+    # adaptive mmap threshold, so every large tensor of the search is mmap'ed and freed anew:
+    # measured 1.9x slower per field on the 2-core dev machine (docs/scale-out.md). Our workers
+    # free their memory when a field ends anyway. The nanny also copies its settings into this
+    # process's environment, so an earlier cluster's value is lifted while ours runs.
+    inherited = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+                distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                         dashboard_address=None) as local, distributed.Client(local) as client:
+            yield client
+    finally:
+        if inherited is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
 
 
 def run_batch_dask(specs: List[FieldSpec], model, opts: BatchOptions, out: Path, client, batch_size: int = 32,

@@ -127,3 +127,20 @@ def test_the_default_run_never_imports_dask(fields, tmp_path, tiny_model_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0 and "clean" in res.stdout, res.stderr[-2000:]
+
+
+def _malloc_trim_threshold():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_cluster_workers_keep_glibcs_adaptive_malloc():
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off
+    glibc's adaptive mmap threshold and made each field ~1.9x slower (docs/scale-out.md)."""
+    from rls_core.dask_engine import open_client
+
+    with open_client(cluster="local", workers=1) as client:
+        assert list(client.run(_malloc_trim_threshold).values()) == [None]
+    # the setting is the cluster's own: Dask's default is back for anything started later
+    import dask
+
+    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") == 65536
