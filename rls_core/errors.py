@@ -2,9 +2,9 @@
 
 A user never sees a traceback for a mistake we can foresee: the library raises an `RLSError`
 (or a subclass) whose message names the problem and the fix, and `run_command`, which every
-CLI entry point goes through, catches it and exits with a documented code. Subclasses also derive from the built-in exception
-that describes them (ValueError for bad input, RuntimeError for an environment problem), so
-existing `except ValueError` callers keep working.
+CLI entry point goes through, catches it and exits with a documented code. Subclasses also
+derive from the built-in exception that describes them (ValueError for bad input,
+RuntimeError for an environment problem), so existing `except ValueError` callers keep working.
 """
 from __future__ import annotations
 
