@@ -45,3 +45,21 @@ def test_scale_out_compares_in_process_with_a_local_cluster(tiny_model_path):
     assert f["screen_tiles_per_field"] == 25 and f["screen_steps"] == 500
     hours = f["CPU thread (measured here), hours"]
     assert hours == pytest.approx(f["ms_per_tile_step"] / 1000 * 25 * 500 * 10 / 3600)
+
+
+def test_prior_quality_reads_the_floor_off_as_many_draws_as_the_generated_side(tiny_model_path, tmp_path):
+    """--draws K measures K generated and K real-vs-real sets (other simulated fields) and
+    reports the ratio of their means, as the CSV records it."""
+    import csv
+
+    out = run_script("prior_quality.py", "--model", tiny_model_path, "--n", 8, "--draws", 2, "--crops-per-field", 2,
+                     "--out", tmp_path)
+    assert "real vs real, 2 draws" in out and "generated / floor (means of the draws)" in out
+    assert "2 fields per condition, <= 2 crops each" in out  # 4 crops per condition, 2 per field
+    with open(tmp_path / "prior_quality.csv", newline="") as f:
+        rows = {(r["set"], r["key"]): float(r["value"]) for r in csv.DictReader(f)}
+    gen = [rows[(f"generated draw {k}", "mean")] for k in range(2)]
+    flo = [rows[(f"floor draw {k}", "mean")] for k in range(2)]
+    assert flo[0] == pytest.approx(rows[("real, other fields", "mean")], rel=1e-4)
+    assert flo[0] != flo[1]  # another set of fields, not the same one twice
+    assert rows[("generated / floor", "ratio of means")] == pytest.approx(sum(gen) / sum(flo), rel=1e-3)
