@@ -221,9 +221,9 @@ def eval_draws(rep: Report, real: Crops, model, first: float, first_floor: float
                args: argparse.Namespace) -> None:
     """SWD of further generated sets (other z and noise) and of further real sets (other fields
     or crops, from `other_real(k)`): how much of a difference one draw of --n crops can resolve.
-    The floor is as noisy as the generated side: at 256 crops from 32 fields, real vs real read
-    25.2, 32.3 and 33.6 at three seeds, and 31.3 / 21.6 with one crop per field (docs/models.md),
-    so the ratio to the floor is read off the means of the draws."""
+    The floor is the noisier side: at 256 crops, 8 floor draws against one real set spread 21-52
+    where 8 generated draws spread 51-57, and fewer crops per field do not narrow it
+    (docs/models.md); so the ratio to the floor is read off the means of the draws."""
     gen, flo = [first], [first_floor]  # the sets eval_swd measured
     for k in range(1, args.draws):
         gen.append(swd_mean(swd(real.x, generated_crops(model, args.n, args.seed + 7919 * k), seed=args.seed)) * 1e3)
