@@ -61,12 +61,24 @@ def read_planes(path: Path, intensity_range: Optional[IntensityRange] = None) ->
     return to_full_scale(raw, intensity_range, source=str(path)), notes
 
 
-def _channel_token(stem: str, channels: Sequence[str]) -> Optional[str]:
-    """The model channel named in a file stem as a separate token (e.g. '_DNA' in 'a_DNA')."""
-    for ch in sorted(channels, key=len, reverse=True):
-        if re.search(rf"(^|[_\-. ]){re.escape(ch)}($|[_\-. ])", stem, flags=re.IGNORECASE):
-            return ch
-    return None
+def _channel_token(stem: str, channels: Sequence[str]) -> Optional[Tuple[str, int, int]]:
+    """The model channel named in a file stem as a separate token, with its span: the rightmost
+    such token, so that an assay or plate name equal to a channel name earlier in the stem
+    ('golgi_DMSO_s1_DNA' for channels DNA, Golgi) does not count. On a tie, the longer name."""
+    best: Optional[Tuple[str, int, int]] = None
+    for ch in channels:
+        for m in re.finditer(rf"(?:^|(?<=[_\-. ])){re.escape(ch)}(?=$|[_\-. ])", stem, flags=re.IGNORECASE):
+            if best is None or (m.start(), len(ch)) > (best[1], len(best[0])):
+                best = (ch, m.start(), m.end())
+    return best
+
+
+def _field_key(stem: str, start: int, end: int) -> str:
+    """The stem without its channel token and the separator before it: what the channel files
+    of one field share ('a_DNA', 'a_NFkB' -> 'a')."""
+    if start > 0 and stem[start - 1] in "_-. ":
+        start -= 1
+    return stem[:start] + stem[end:]
 
 
 @dataclass
@@ -114,7 +126,8 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
     dup: Dict[str, str] = {}
     n = len(channels)
     for p in map(Path, paths):
-        ch = _channel_token(p.stem, channels)
+        token = _channel_token(p.stem, channels)
+        ch = token[0] if token else None
         try:
             if not p.exists():
                 raise ValueError(f"{p}: no such file")
@@ -139,8 +152,7 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
                                                f"({', '.join(channels)}); name single-channel files like "
                                                "FIELD_<channel>.tif or give multi-page files"))
             continue
-        key = re.sub(rf"([_\-. ]?){re.escape(ch)}(?=$|[_\-. ])", "", p.stem, count=1, flags=re.IGNORECASE)
-        key = str(p.parent / key)
+        key = str(p.parent / _field_key(p.stem, token[1], token[2]))
         if ch in groups.setdefault(key, {}):
             dup[key] = f"two files for channel {ch}: {groups[key][ch].name} and {p.name}"
             continue

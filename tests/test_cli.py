@@ -88,6 +88,30 @@ def test_missing_channel_and_bad_model_messages(lr_folder, tmp_path, tiny_model_
     assert rc == 2 and "junk.h5: not an HDF5 file" in capsys.readouterr().err
 
 
+def test_a_channel_name_earlier_in_the_file_name_does_not_split_the_field(generated_field, tmp_path):
+    """The golgi examples are named golgi_<cond>_<well>_<site>_<channel>.tif, and the assay name
+    is also a channel name of the golgi model: the channel is the rightmost token, so both files
+    of a site make one field (before, every file became a field missing its DNA)."""
+    from conftest import make_tiny_bundle
+    from rls_core.io import plan_fields
+
+    _, lr = generated_field
+    d = tmp_path / "lr"
+    d.mkdir()
+    raw = clean_uint16(lr)
+    for site in ("s1", "s2"):
+        tifffile.imwrite(d / f"golgi_DMSO_B02_{site}_DNA.tif", raw[0])
+        tifffile.imwrite(d / f"golgi_DMSO_B02_{site}_Golgi.tif", raw[1])
+    specs = plan_fields(sorted(d.iterdir()), ["DNA", "Golgi"])
+    assert [(s.stem, [p.name for p in s.sources], s.problem) for s in specs] == [
+        (f"golgi_DMSO_B02_{site}", [f"golgi_DMSO_B02_{site}_DNA.tif", f"golgi_DMSO_B02_{site}_Golgi.tif"], None)
+        for site in ("s1", "s2")]
+    model = make_tiny_bundle(tmp_path / "golgi_tiny.h5", channels=("DNA", "Golgi"))
+    rc, rows = run_folder(d, tmp_path / "sr", model, "--steps", "1")
+    assert rc == 0 and set(rows) == {"golgi_DMSO_B02_s1", "golgi_DMSO_B02_s2"}
+    assert all(r["status"] == "ok" for r in rows.values())
+
+
 def test_unreadable_and_mismatched_fields_fail_alone(lr_folder, tmp_path, tiny_model_path):
     """A corrupt TIFF and a field whose channels differ in size, among good fields: the good
     ones are written, the bad ones are reported with their reason, exit 1."""
