@@ -114,8 +114,8 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
 
     A file holding all model channels (multi-page TIFF, CYX stack) is a field by itself.
     Single-channel files are grouped by name: the model's channel names must appear as a
-    token (`..._DNA.tif`, `..._NFkB.tif`); files that differ only in that token form one
-    field. A one-channel model takes every single-plane file as a field. A file or field
+    token (`..._DNA.tif`, `..._NFkB.tif`; the rightmost one counts); files that differ only in
+    that token form one field. A one-channel model takes every single-plane file as a field. A file or field
     that cannot work becomes a FieldSpec with a `problem`, so it fails alone and the batch
     goes on; only an empty input list raises.
     """
