@@ -378,12 +378,12 @@ def evaluate(spec: str, args: argparse.Namespace) -> Report:
     t_real = time.perf_counter()
     fake = generated_crops(model, args.n, args.seed)
     t_gen = time.perf_counter()
-    sets = {"generated": fake, "real, other " + ("fields" if assay else "crops"): floor.x,
+    floor_key = "real, other " + ("fields" if assay else "crops")
+    sets = {"generated": fake, floor_key: floor.x,
             f"real blurred (sigma {args.blur:g} px)": blur(floor.x, args.blur), **extra}
     means = eval_swd(rep, real, sets, args.seed)
     if args.draws > 1:
-        eval_draws(rep, real, model, means["generated"], means[next(k for k in sets if k.startswith("real, other"))],
-                   other_real, args)
+        eval_draws(rep, real, model, means["generated"], means[floor_key], other_real, args)
     t_swd = time.perf_counter()
     feats = eval_features(rep, assay, real, floor, fake) if assay is not None else None
     t_feat = time.perf_counter()

@@ -61,13 +61,18 @@ def read_planes(path: Path, intensity_range: Optional[IntensityRange] = None) ->
     return to_full_scale(raw, intensity_range, source=str(path)), notes
 
 
+#: characters that separate the tokens of a file stem ('plate_A01-s1.DNA')
+_SEPARATORS = "_-. "
+
+
 def _channel_token(stem: str, channels: Sequence[str]) -> Optional[Tuple[str, int, int]]:
     """The model channel named in a file stem as a separate token, with its span: the rightmost
     such token, so that an assay or plate name equal to a channel name earlier in the stem
     ('golgi_DMSO_s1_DNA' for channels DNA, Golgi) does not count. On a tie, the longer name."""
     best: Optional[Tuple[str, int, int]] = None
+    sep = f"[{re.escape(_SEPARATORS)}]"
     for ch in channels:
-        for m in re.finditer(rf"(?:^|(?<=[_\-. ])){re.escape(ch)}(?=$|[_\-. ])", stem, flags=re.IGNORECASE):
+        for m in re.finditer(rf"(?:^|(?<={sep})){re.escape(ch)}(?=$|{sep})", stem, flags=re.IGNORECASE):
             if best is None or (m.start(), len(ch)) > (best[1], len(best[0])):
                 best = (ch, m.start(), m.end())
     return best
@@ -76,7 +81,7 @@ def _channel_token(stem: str, channels: Sequence[str]) -> Optional[Tuple[str, in
 def _field_key(stem: str, start: int, end: int) -> str:
     """The stem without its channel token and the separator before it: what the channel files
     of one field share ('a_DNA', 'a_NFkB' -> 'a')."""
-    if start > 0 and stem[start - 1] in "_-. ":
+    if start > 0 and stem[start - 1] in _SEPARATORS:
         start -= 1
     return stem[:start] + stem[end:]
 
@@ -115,9 +120,9 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
     A file holding all model channels (multi-page TIFF, CYX stack) is a field by itself.
     Single-channel files are grouped by name: the model's channel names must appear as a
     token (`..._DNA.tif`, `..._NFkB.tif`; the rightmost one counts); files that differ only in
-    that token form one field. A one-channel model takes every single-plane file as a field. A file or field
-    that cannot work becomes a FieldSpec with a `problem`, so it fails alone and the batch
-    goes on; only an empty input list raises.
+    that token form one field. A one-channel model takes every single-plane file as a field. A
+    file or field that cannot work becomes a FieldSpec with a `problem`, so it fails alone and
+    the batch goes on; only an empty input list raises.
     """
     if not paths:
         raise InputError("no input files given", "pass LR images (TIFF or PNG), e.g. lr/*_DNA.tif lr/*_NFkB.tif")
