@@ -10,7 +10,8 @@
 #             resume checkpoint), samples_final.png, train_log.csv, train.log, for a fresh
 #             run reals.png (training crops), and with METRICS_EVERY metrics.csv and .png
 # RESUME_DIR  optional: a folder with MODEL.h5 + resume.pt (or MODEL.pt) from an earlier run
-#             (e.g. the committed training/checkpoints/) to continue instead of starting afresh
+#             (e.g. the committed training/checkpoints/; a shipped model's MODEL.h5 is taken
+#             from rls_core/models/) to continue instead of starting afresh
 #
 # Made for the lent GPU machine (docs/models.md, "GPU"): no pip install, only what is there
 # (torch, numpy 1 or 2, scipy, h5py, scikit-image, tifffile, tqdm), run from the repository
@@ -24,7 +25,7 @@
 # best = the best measured generator, needs METRICS_EVERY), METRICS_EVERY (0 = off; K = measure the
 # realism of G and its EMA every K iterations, `rls train --metrics-every`).
 set -euo pipefail
-usage() { sed -n '2,14p' "$0"; exit 2; }
+usage() { sed -n '2,15p' "$0"; exit 2; }
 [ $# -ge 3 ] || usage
 MODEL=$1; MINUTES=$2; OUTDIR=$3; RESUME_DIR=${4:-}
 case "$MODEL" in
@@ -58,9 +59,12 @@ ARGS=(train "$DATA" -o "$RUN" --name "$MODEL" --time-limit "$MINUTES" --finish-a
 if [ -n "$RESUME_DIR" ]; then
   # a run folder holds resume.pt; the repository keeps it as training/checkpoints/MODEL.pt
   CKPT="$RESUME_DIR/resume.pt"; [ -f "$CKPT" ] || CKPT="$RESUME_DIR/$MODEL.pt"
-  [ -f "$CKPT" ] && [ -f "$RESUME_DIR/$MODEL.h5" ] || {
+  # a shipped model's bundle lives in the package, not beside its checkpoint (docs/models.md);
+  # rls train checks that checkpoint and bundle were written together
+  BUNDLE="$RESUME_DIR/$MODEL.h5"; [ -f "$BUNDLE" ] || BUNDLE="rls_core/models/$MODEL.h5"
+  [ -f "$CKPT" ] && [ -f "$BUNDLE" ] || {
     echo "$RESUME_DIR must hold resume.pt (or $MODEL.pt) and $MODEL.h5 (a run's slim checkpoint and its bundle)" >&2; exit 2; }
-  cp "$CKPT" "$RUN/checkpoint.pt"; cp "$RESUME_DIR/$MODEL.h5" "$RUN/$MODEL.h5"
+  cp "$CKPT" "$RUN/checkpoint.pt"; cp "$BUNDLE" "$RUN/$MODEL.h5"
   ARGS+=(--resume)
   say "resuming $RESUME_DIR for $MINUTES min"
 else

@@ -239,17 +239,25 @@ def test_format_1_bundles_still_load(tmp_path):
 
 
 def test_committed_campaign_files_fit_the_budget():
-    """What the training campaign keeps in the repository (docs/models.md): the standard-
-    preset bundle and its slim resume checkpoint, each <= 12 MiB, belonging together."""
+    """What the training campaign keeps in the repository (docs/models.md): standard-preset
+    bundles (the campaign's translocation candidate; the shipped golgi) and the slim resume
+    checkpoint of the model still in training, each <= 12 MiB, belonging to its bundle."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "training" / "checkpoints"
-    bundle, resume = folder / "translocation.h5", folder / "translocation.pt"
-    assert bundle.stat().st_size <= 12 * 2 ** 20 and resume.stat().st_size <= 12 * 2 ** 20
-    b = load_bundle(bundle)
-    assert b.has_prior and b.generator_config["w_dim"] == 512 and b.generator_config["mapping_layers"] == 8
-    ck = torch.load(resume, map_location="cpu", weights_only=True)
-    assert ck["slim"] and ck["iteration"] == b.provenance["iterations"]
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "training" / "checkpoints"
+    pairs = {"translocation": (folder / "translocation.h5", None),
+             "golgi": (root / "rls_core" / "models" / "golgi.h5", folder / "golgi.pt")}
+    for name, (bundle, resume) in pairs.items():
+        assert bundle.stat().st_size <= 12 * 2 ** 20, name
+        b = load_bundle(bundle)
+        assert b.has_prior and b.generator_config["w_dim"] == 512 and b.generator_config["mapping_layers"] == 8
+        if resume is not None:
+            assert resume.stat().st_size <= 12 * 2 ** 20, name
+            ck = torch.load(resume, map_location="cpu", weights_only=True)
+            assert ck["slim"] and ck["bundle"] == bundle.name and ck["iteration"] == b.provenance["iterations"]
+    # the slim checkpoints present are exactly those of the pairs above (no stray one to resume)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["golgi.pt"]
 
 
 def test_shipped_bundles_without_their_own_checksum_are_checked_against_the_manifest(tmp_path, monkeypatch,
@@ -262,18 +270,20 @@ def test_shipped_bundles_without_their_own_checksum_are_checked_against_the_mani
 
     models = tmp_path / "models"
     models.mkdir()
-    src = resolve_model("golgi")
-    shutil.copy(src, models / "golgi.h5")
-    (models / "SHA256SUMS").write_text(f"{hashlib.sha256(src.read_bytes()).hexdigest()}  golgi.h5\n")
+    src = resolve_model("translocation")  # the cpu-preset models carry no checksum of their own
+    with h5py.File(src, "r") as h5:
+        assert "content_sha256" not in h5.attrs
+    shutil.copy(src, models / "translocation.h5")
+    (models / "SHA256SUMS").write_text(f"{hashlib.sha256(src.read_bytes()).hexdigest()}  translocation.h5\n")
     monkeypatch.setattr(bundle_mod, "MANIFEST", models / "SHA256SUMS")
     with caplog.at_level("WARNING", logger="rls_core.bundle"):
-        assert load_bundle(models / "golgi.h5").has_prior
+        assert load_bundle(models / "translocation.h5").has_prior
     assert "without one" not in caplog.text  # vouched for: no notice
-    raw = bytearray((models / "golgi.h5").read_bytes())
+    raw = bytearray((models / "translocation.h5").read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped bit pattern in the middle of the weights
-    (models / "golgi.h5").write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="golgi.h5: is damaged"):
-        load_bundle(models / "golgi.h5")
+    (models / "translocation.h5").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="translocation.h5: is damaged"):
+        load_bundle(models / "translocation.h5")
 
 
 def test_the_committed_manifest_lists_every_shipped_model():

@@ -65,3 +65,18 @@ def test_one_minute_run_then_resume(tmp_path):
     prov = load_bundle(again / "translocation.h5").provenance
     assert prov["iterations"] > it and prov["exported_generator"] == "best"
     assert it < prov["best"]["iteration"] <= prov["iterations"]
+
+
+@pytest.mark.slow
+def test_the_committed_golgi_checkpoint_resumes_with_the_shipped_bundle(tmp_path):
+    """The shipped golgi bundle lives in the package (rls_core/models), its slim checkpoint in
+    training/checkpoints: the script pairs them, and rls train checks they were written together."""
+    kept = ROOT / "training" / "checkpoints"
+    assert (kept / "golgi.pt").is_file() and not (kept / "golgi.h5").exists()
+    out = tmp_path / "out"
+    r = _run(["golgi", 0.2, out, kept], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in (out / "train.log").read_text()
+    start = load_bundle(ROOT / "rls_core" / "models" / "golgi.h5").provenance["iterations"]
+    b = load_bundle(out / "golgi.h5")
+    assert b.channel_names == ["DNA", "Golgi"] and b.provenance["iterations"] > start
