@@ -256,8 +256,6 @@ def test_committed_campaign_files_fit_the_budget():
             assert resume.stat().st_size <= 12 * 2 ** 20, name
             ck = torch.load(resume, map_location="cpu", weights_only=True)
             assert ck["slim"] and ck["bundle"] == bundle.name and ck["iteration"] == b.provenance["iterations"]
-    # the slim checkpoints present are exactly those of the pairs above (no stray one to resume)
-    assert sorted(p.name for p in folder.glob("*.pt")) == ["golgi.pt"]
 
 
 def test_shipped_bundles_without_their_own_checksum_are_checked_against_the_manifest(tmp_path, monkeypatch,
