@@ -18,7 +18,7 @@
 # with PYTHONPATH=. ; nothing is downloaded. The training data is simulated on the spot from the
 # documented seeds (translocation 3000, golgi 4000; 200 fields per condition, 512 px), the same
 # data the CPU campaign trains on. The full checkpoint (~100 MB) stays in WORKDIR.
-# Knobs (environment): FIELDS (200), PRESET (standard), BATCH (16), PRIOR_SAMPLES (100000),
+# Knobs (environment): FIELDS (200), SIM_WORKERS (all cores: processes simulating the data), PRESET (standard), BATCH (16), PRIOR_SAMPLES (100000),
 # FLOW_EPOCHS (20), WORKDIR (/tmp/rls-device), PYTHON (python3), DEVICE (auto), ACCEL (none;
 # bf16 = bfloat16 autocast of the main passes, see benchmarks/bf16_training.py before using it),
 # EXPORT (ema; raw = the bundle holds G itself, as the CPU campaign's since chunk 5: docs/models.md;
@@ -49,7 +49,8 @@ say "python: $($PY -c 'import sys, torch, numpy; print(sys.version.split()[0], "
 if [ ! -f "$DATA/simulation.json" ]; then
   say "simulating $FIELDS fields per condition (seed $SEED) into $DATA"
   rm -rf "$DATA"
-  $PY -m rls_core simulate --assay "$MODEL" --fields "$FIELDS" --seed "$SEED" --size 512 -o "$DATA" --no-progress >> "$LOG" 2>&1
+  $PY -m rls_core simulate --assay "$MODEL" --fields "$FIELDS" --seed "$SEED" --size 512 -o "$DATA" \
+    --workers "${SIM_WORKERS:-$(nproc)}" --no-progress >> "$LOG" 2>&1
 fi
 
 rm -rf "$RUN"; mkdir -p "$RUN"

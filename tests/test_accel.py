@@ -40,9 +40,10 @@ def test_accelerated_search_matches_float32(tiny_model_path, generated_field, re
     if accel == "bf16":
         assert not np.array_equal(fast.image, ref.image)  # the mode took effect: other rounding
         if native_bf16(device):
-            # not worse than float32 by more than the issue's 0.2 dB; the path may differ either
-            # way, so +0.5 dB is allowed above
-            assert -0.2 <= fast.lr_psnr - ref.lr_psnr <= 0.5, (accel, fast.lr_psnr, ref.lr_psnr)
+            # not worse than float32 by more than the issue's 0.2 dB. The path may end better:
+            # on an H200 (session 15) bf16 ended at 35.13 dB against float32's 34.18, so there
+            # is no upper bound (a broken path falls far below, never above)
+            assert fast.lr_psnr - ref.lr_psnr >= -0.2, (accel, fast.lr_psnr, ref.lr_psnr)
             return
         # Emulated bf16 (a CPU without BF16 instructions; `auto` never picks it there) rounds
         # differently enough for the search to settle in another of its optima. Measured on an
@@ -74,8 +75,9 @@ def test_accelerated_search_matches_float32(tiny_model_path, generated_field, re
     assert torch.allclose(grad_c, grad_e, rtol=1e-3, atol=1e-3 * float(grad_e.abs().max()))
     # ... and the whole search recovers the field as well. 200 chaotic steps amplify those 1e-7
     # reorderings: at 2 threads compile ended 0.27 dB below eager (eager itself is the same at
-    # 1 and 2 threads; at 1 thread compile matched it), so the bound here is 0.5 dB either way.
-    assert abs(fast.lr_psnr - ref.lr_psnr) <= 0.5, (accel, fast.lr_psnr, ref.lr_psnr)
+    # 1 and 2 threads; at 1 thread compile matched it; on an H200 it ended 0.65 dB above), so
+    # the bound is 0.5 dB below eager: a broken compiled path falls far below, never above.
+    assert fast.lr_psnr - ref.lr_psnr >= -0.5, (accel, fast.lr_psnr, ref.lr_psnr)
 
 
 def test_modes_resolve_and_bad_modes_are_refused():

@@ -171,8 +171,10 @@ def test_write_dataset(tmp_path):
     stem = rows[0]["image"]
     lab = tifffile.imread(tmp_path / "a" / f"{stem}_cells_labels.tif")
     assert int(lab.max()) == sum(r["image"] == stem for r in rows)
-    # same seed -> bit-identical files
-    write_dataset(tmp_path / "b", "translocation", None, fields=2, seed=7, size=96, progress=False)
+    # same seed -> bit-identical files (and ground truth), also from 3 worker processes
+    write_dataset(tmp_path / "b", "translocation", None, fields=2, seed=7, size=96, progress=False,
+                  workers=3)
+    assert sorted(q.name for q in (tmp_path / "b").iterdir()) == names
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -184,6 +186,7 @@ def test_write_dataset(tmp_path):
     (lambda: simulate_field("golgi", "DMSO", 0, responder_fraction=1.5), r"responder_fraction"),
     (lambda: write_dataset("/tmp/unused_sim", "golgi", ["DMSO"], fields=0, seed=0), r"fields.*0"),
     (lambda: write_dataset("/tmp/unused_sim", "golgi", ["TNFa"], fields=1, seed=0), r"Nocodazole"),
+    (lambda: write_dataset("/tmp/unused_sim", "golgi", ["DMSO"], fields=1, seed=0, workers=0), r"workers.*0"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):

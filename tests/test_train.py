@@ -453,6 +453,13 @@ def test_metrics_keep_the_best_snapshot_and_leave_training_alone(data_dir, tmp_p
             got = torch.from_numpy(np.asarray(bundle.generator_state[name])).float()
             assert torch.equal(got, g.half().float()), name
 
+    # a run shorter than --metrics-every (as a time-limited chunk on a GPU can be): its last state
+    # is measured too, so --export best has a generator to write
+    short = tmp_path / "short"
+    train(_cfg(data_dir, short, metrics_every=5, export="best", name="short", iters=3, r1_interval=2))
+    assert [int(r["iteration"]) for r in read_metrics(short / METRICS_NAME)] == [3]
+    assert load_bundle(short / "short.h5").provenance["best"]["iteration"] == 3
+
     with pytest.raises(TrainError, match="--metrics-every"):
         train(_cfg(data_dir, tmp_path / "nometrics", export="best"))
     with pytest.raises(TrainError, match="best.pt"):

@@ -189,17 +189,50 @@ def _field_seed(seed: int, cond_index: int, site: int) -> int:
     return int(np.random.SeedSequence([int(seed), cond_index, site]).generate_state(1)[0])
 
 
+def _write_field(out: Path, assay: str, cond: str, site: int, seed: int, size: int,
+                 kw: Dict[str, object]) -> Tuple[List[Path], List[Dict[str, object]]]:
+    """Simulate one site and write its channel TIFFs and label images; returns the channel
+    paths and the field's ground-truth rows. One job of :func:`write_dataset`: everything it
+    draws comes from the field's own seed, so any number of workers writes the same files."""
+    import tifffile
+
+    ci = CONDITIONS[assay].index(cond)
+    well = WELLS[ci]
+    fseed = _field_seed(seed, ci, site)
+    f = simulate_field(assay, cond, fseed, size=size, **kw)
+    if int(f.cells.max()) > 65535:
+        raise InputError("more than 65535 cells in one field; use a smaller size")
+    stem = f"{assay}_{cond}_{well}_s{site}"
+    written = []
+    for name in ASSAYS[assay]:
+        p = out / image_name(assay, cond, well, site, name)
+        tifffile.imwrite(p, f.channels[name], photometric="minisblack", metadata=None)
+        written.append(p)
+    tifffile.imwrite(out / f"{stem}_nuclei_labels.tif", f.nuclei.astype(np.uint16),
+                     photometric="minisblack", metadata=None)
+    tifffile.imwrite(out / f"{stem}_cells_labels.tif", f.cells.astype(np.uint16),
+                     photometric="minisblack", metadata=None)
+    rows: List[Dict[str, object]] = []
+    for r in f.cell_table:
+        row: Dict[str, object] = {"image": stem, "assay": assay, "condition": cond,
+                                  "well": well, "site": site, "field_seed": fseed}
+        for k, v in r.items():
+            row[k] = int(v) if k in _INT_COLUMNS else v
+        rows.append(row)
+    return written, rows
+
+
 def write_dataset(out_dir: Union[str, Path], assay: str, conditions: Optional[Sequence[str]],
                   fields: int, seed: int, size: int = 512, progress: bool = True,
-                  **kw) -> List[Path]:
+                  workers: int = 1, **kw) -> List[Path]:
     """Simulate ``fields`` sites per condition and write TIFFs + ``ground_truth.csv``.
 
     ``conditions`` None/empty means all conditions of the assay. Each field gets its own
     seed derived from (seed, condition, site), stored in the CSV's ``field_seed`` column so
-    a single field can be regenerated with :func:`simulate_field`. Extra keyword arguments
-    go to :func:`simulate_field`. Returns the written channel-image paths.
+    a single field can be regenerated with :func:`simulate_field`. ``workers`` > 1 simulates
+    that many fields at once in separate processes; the files are the same for any number.
+    Extra keyword arguments go to :func:`simulate_field`. Returns the written channel-image paths.
     """
-    import tifffile
     from tqdm import tqdm
 
     if assay not in ASSAYS:
@@ -211,39 +244,36 @@ def write_dataset(out_dir: Union[str, Path], assay: str, conditions: Optional[Se
         raise InputError(f"conditions must not repeat, got {conds}")
     if not isinstance(fields, (int, np.integer)) or fields < 1:
         raise InputError(f"fields must be an integer >= 1, got {fields!r}")
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     _check_params(size, kw.get("density", 1.0), kw.get("responder_fraction", 0.85),
                   kw.get("nucleus_diameter", (20, 35)), kw.get("dose", 1.0), seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    jobs = [(c, s) for c in conds for s in range(1, fields + 1)]
+    args = [(out, assay, c, s, int(seed), int(size), kw) for c, s in jobs]
+    workers = min(int(workers), len(jobs))
+    bar = tqdm(total=len(jobs), desc=f"simulate {assay}", unit="field", disable=not progress)
     written: List[Path] = []
     rows: List[Dict[str, object]] = []
-    jobs = [(c, s) for c in conds for s in range(1, fields + 1)]
-    bar = tqdm(jobs, desc=f"simulate {assay}", unit="field", disable=not progress)
-    for cond, site in bar:
-        ci = CONDITIONS[assay].index(cond)
-        well = WELLS[ci]
-        fseed = _field_seed(seed, ci, site)
-        f = simulate_field(assay, cond, fseed, size=size, **kw)
-        stem = f"{assay}_{cond}_{well}_s{site}"
-        for name in ASSAYS[assay]:
-            p = out / image_name(assay, cond, well, site, name)
-            tifffile.imwrite(p, f.channels[name], photometric="minisblack", metadata=None)
-            written.append(p)
-        if int(f.cells.max()) > 65535:
-            raise InputError("more than 65535 cells in one field; use a smaller size")
-        tifffile.imwrite(out / f"{stem}_nuclei_labels.tif", f.nuclei.astype(np.uint16),
-                         photometric="minisblack", metadata=None)
-        tifffile.imwrite(out / f"{stem}_cells_labels.tif", f.cells.astype(np.uint16),
-                         photometric="minisblack", metadata=None)
-        for r in f.cell_table:
-            row: Dict[str, object] = {"image": stem, "assay": assay, "condition": cond,
-                                      "well": well, "site": site, "field_seed": fseed}
-            for k, v in r.items():
-                row[k] = int(v) if k in _INT_COLUMNS else v
-            rows.append(row)
-        bar.set_postfix(cells=len(f.cell_table))
-    bar.close()
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        # spawn, not fork: the caller may hold torch's thread pools, which forked children inherit broken
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        results = pool.map(_write_field, *zip(*args)) if pool else (_write_field(*a) for a in args)
+        for paths, field_rows in results:  # in job order, whichever worker finished first
+            written += paths
+            rows += field_rows
+            bar.update(1)
+            bar.set_postfix(cells=len(field_rows))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     keys: List[str] = []
     for r in rows:

@@ -22,12 +22,13 @@ examples:
   rls simulate --assay translocation --fields 4 --seed 1 -o sim/translocation
   rls simulate --assay golgi --condition DMSO Nocodazole --fields 8 --size 512 -o sim/golgi
   rls simulate --assay translocation --condition TNFa --dose 0.3 --responder-fraction 0.5 -o sim/low
+  rls simulate --assay golgi --fields 200 --seed 4000 --workers 16 -o data/train/golgi_s4000
 
 files: {assay}_{condition}_{well}_s{site}_{channel}.tif (first condition in well B02,
 second in B03), {..}_nuclei_labels.tif, {..}_cells_labels.tif, ground_truth.csv,
 simulation.json. CellProfiler metadata regex for the images:
   ^(?P<Assay>[a-z]+)_(?P<Condition>[A-Za-z]+)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9]+)_(?P<Stain>[A-Za-z]+)\\.tif$
-(label files do not match it). The same --seed gives bit-identical files.
+(label files do not match it). The same --seed gives bit-identical files, with any --workers.
 """
 
 
@@ -75,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="MIN,MAX",
                         help="nucleus diameter range in px; all sizes scale with it "
                              "(default: 20,35)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="simulate N fields at once in separate processes, e.g. the number of "
+                             "cores; the files are the same for any N (default: 1)")
     parser.add_argument("--no-progress", action="store_true",
                         help="do not show the progress bar")
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     raise InputError (errors.run_command turns it into a message and exit 2)."""
     paths = write_dataset(
         args.out, args.assay, args.condition, args.fields, args.seed, size=args.size,
-        progress=not getattr(args, "no_progress", False), density=args.density,
+        progress=not getattr(args, "no_progress", False), workers=args.workers, density=args.density,
         responder_fraction=args.responder_fraction, dose=args.dose,
         nucleus_diameter=tuple(args.nucleus_diameter))
     conds = args.condition or list(CONDITIONS[args.assay])

@@ -734,6 +734,11 @@ def _train(cfg: TrainConfig, t0: float) -> Path:
         if not (stopped == "time limit" and run.cfg.finish_at_limit):
             return ckpt_path
         _say("--finish-at-limit: writing the bundle from the current state")
+    if run.monitor is not None and run.st.iteration % run.cfg.metrics_every:
+        # The last state is a candidate too (and, in a run shorter than --metrics-every, the
+        # only one): without this, --export best of such a run had nothing to export.
+        _measure(run)
+        save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
     if run.st.iteration > 0 and not ckpt_path.exists():
         save_checkpoint(ckpt_path, run.st, run.cfg, run.sampler, run.data)
     G = _exported_generator(run.st, run.cfg)
