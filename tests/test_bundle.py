@@ -293,3 +293,19 @@ def test_the_committed_manifest_lists_every_shipped_model():
     known = shipped_checksums()
     for name, path in list_models().items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() in known.get(path.name, []), name
+
+
+def test_shipped_provenance_names_no_absolute_path():
+    """A bundle says where its training data lay relative to the training run, never as the
+    training machine's absolute path (a path on our machine means nothing on a user's)."""
+    import json
+    from pathlib import Path
+
+    from rls_core.bundle import load_bundle
+    from rls_core.registry import list_models
+
+    for name, path in list_models().items():
+        text = json.dumps(load_bundle(path).provenance, default=str)
+        for token in text.replace('"', " ").replace("'", " ").split():
+            assert not token.startswith(("/work", "/tmp", "/home", "/root", "/Users")), (name, token)
+        assert not Path(load_bundle(path).provenance["data"]["folder"]).is_absolute(), name
