@@ -80,3 +80,30 @@ def test_the_committed_golgi_checkpoint_resumes_with_the_shipped_bundle(tmp_path
     start = load_bundle(ROOT / "rls_core" / "models" / "golgi.h5").provenance["iterations"]
     b = load_bundle(out / "golgi.h5")
     assert b.channel_names == ["DNA", "Golgi"] and b.provenance["iterations"] > start
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run_on_cpu(tmp_path):
+    """scripts/gpu_session.sh with DEV=cpu: the whole lease in one call, small knobs, golgi only
+    (its checkpoint is committed): training continues the committed checkpoint until the deadline,
+    the finish writes a bundle that measures its last state, and what comes back fits the device
+    tool's limits (<= 8 files of <= 16 MiB)."""
+    out = tmp_path / "out"
+    e = dict(os.environ, OUT=str(out), DEV="cpu", MODELS="golgi", SKIP_CHECKS="1", FIELDS="1",
+             PRIOR_SAMPLES="500", FLOW_EPOCHS="1", METRICS_EVERY="1000", FINISH_S="10",
+             WORKDIR=str(tmp_path / "work"), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "5"], env=e,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["golgi.h5", "golgi.pt", "gpu_session.tar.gz"]
+    assert all((out / f).stat().st_size <= 16 * 2 ** 20 for f in files)
+    b = load_bundle(out / "golgi.h5")
+    start = torch.load(ROOT / "training" / "checkpoints" / "golgi.pt", map_location="cpu",
+                       weights_only=True)["iteration"]
+    assert b.has_prior and b.provenance["iterations"] > start
+    assert b.provenance["exported_generator"] == "best" and b.provenance["best"]["iteration"] > start
+    import tarfile
+    with tarfile.open(out / "gpu_session.tar.gz") as t:
+        names = t.getnames()
+    assert "logs/session.log" in names and "logs/golgi_metrics.csv" in names
