@@ -5,7 +5,9 @@ and the module feed the model identically.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +22,19 @@ from .intensity import IntensityRange, dtype_notes, to_full_scale
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
+@contextlib.contextmanager
+def _tifffile_quiet():
+    """tifffile logs what it finds wrong with a damaged file ("<tifffile.TiffPages @...> invalid
+    offset"); we report that file ourselves, in one line with the fix, so its log stays quiet."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_raw(path: Path) -> np.ndarray:
     """A file's pixels as stored (ValueError says why it cannot be read)."""
     path = Path(path)
@@ -30,7 +45,8 @@ def read_raw(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
-            arr = tifffile.imread(str(path))
+            with _tifffile_quiet():
+                arr = tifffile.imread(str(path))
         else:
             import imageio.v3 as iio
             arr = iio.imread(str(path))
@@ -101,7 +117,7 @@ def _plane_count(path: Path) -> int:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
         try:
-            with tifffile.TiffFile(str(path)) as tf:
+            with _tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
                 shape = tuple(tf.series[0].shape)
         except Exception as e:  # corrupt or not a TIFF: tifffile raises many types
             raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
@@ -226,7 +242,7 @@ def read_tiff_info(path: Path) -> Optional[Dict[str, Any]]:
     import tifffile
 
     try:
-        with tifffile.TiffFile(str(path)) as tf:
+        with _tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
             text = (tf.imagej_metadata or {}).get("Info")
         return json.loads(text) if text else None
     except Exception:  # a damaged or foreign file is simply "not ours": it gets redone

@@ -113,6 +113,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--ema-kimg", type=float, default=10.0,
                    help="half-life of the EMA generator in thousands of images; ramps up over the first "
                         "images of short runs (default: 10)")
+    g.add_argument("--coverage-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the LR coverage loss: for each real crop, the nearest of "
+                        "--coverage-candidates fresh single-w samples (in the LR image at "
+                        "--coverage-factor) is pulled toward it, so that RLS, which searches about "
+                        "one w per tile, can match real LR tiles (rls_core/train/coverage.py); "
+                        "applied every 4 G steps; 0 turns it off (default: 0)")
+    g.add_argument("--coverage-factor", type=int, default=16, metavar="F",
+                   help="reduction factor of the coverage loss's LR images (default: 16)")
+    g.add_argument("--coverage-candidates", type=int, default=64, metavar="K",
+                   help="fresh samples per coverage step among which each real crop's nearest is "
+                        "taken (default: 64)")
+    g.add_argument("--d-warmup", type=int, default=0, metavar="N",
+                   help="train only the discriminator for the first N iterations of this run (G and "
+                        "its EMA wait), so that a fine-tune's D, whose Adam moments start afresh, "
+                        "catches up with a good G before G follows it; 0 turns it off (default: 0)")
     g.add_argument("--augment-p", type=float, default=0.5,
                    help="DiffAugment probability per op (colour, translation, cutout) for D's inputs; "
                         "0 turns it off; keep it on with few fields (default: 0.5)")
@@ -180,7 +195,9 @@ def config_from_args(args: argparse.Namespace):
         resolution=args.resolution, preset=args.preset, d_width=args.d_width,
         noise_min_res=args.noise_min_res, init_from=args.init_from, iters=args.iters,
         batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
-        style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p,
+        style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p, d_warmup=args.d_warmup,
+        coverage_weight=args.coverage_weight, coverage_factor=args.coverage_factor,
+        coverage_candidates=args.coverage_candidates,
         resume=args.resume, finish=args.finish, time_limit=args.time_limit,
         finish_at_limit=args.finish_at_limit, export=args.export, metrics_every=args.metrics_every,
         snapshot_every=args.snapshot_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,

@@ -39,6 +39,7 @@ from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
 from ..prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES
 from .augment import AugmentConfig, augment
+from .coverage import coverage_loss
 from .data import CropSampler, FieldSet, load_fields
 from .discriminator import Discriminator, DiscriminatorConfig
 from .monitor import (BEST_NAME, METRICS_NAME, METRICS_PLOT, Best, RealismMonitor, append_csv_row, append_metrics,
@@ -82,6 +83,11 @@ class TrainConfig:
     ema_kimg: float = 10.0                  # EMA half-life in thousands of images
     ema_rampup: Optional[float] = 0.05      # from scratch: half-life <= this x images seen; None: off
     augment_p: float = 0.5                  # DiffAugment probability per op and image; 0: off
+    d_warmup: int = 0                       # the first N iterations train D only (G and its EMA wait)
+    coverage_weight: float = 0.0            # LR coverage loss weight (coverage.py); 0 disables
+    coverage_factor: int = 16               # ... at this reduction factor (the searches' 16x)
+    coverage_candidates: int = 64           # ... nearest of this many fresh samples per real crop
+    coverage_interval: int = 4              # ... applied lazily, every this many G steps
     norm_low_pct: float = 0.1
     norm_high_pct: float = 99.9
     resume: bool = False                    # (run control) continue OUTDIR/checkpoint.pt
@@ -460,18 +466,23 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
     # double backward, path length) and the optimisers stay float32.
     amp = functools.partial(autocast, cfg.accel, dev)
 
+    # A D-only warm-up lets a fine-tune's D (fresh Adam moments, or fresh weights) catch up with
+    # a good G before G follows its gradients (docs/models.md, session 16).
+    train_g = it >= cfg.d_warmup
+
     # G main: make D call fakes real.
     D.requires_grad_(False)
-    with amp():
-        fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing),
-                           noise_mode="random")
-        logits = D(augment(fake, aug))
-    loss_g = F.softplus(-logits.float()).mean()
-    _step(st.opt_G, loss_g)
-    out["G"] = loss_g.item()
+    if train_g:
+        with amp():
+            fake = G.synthesis(_mapping_mixed(G, torch.randn(b, z_dim, device=dev), cfg.style_mixing),
+                               noise_mode="random")
+            logits = D(augment(fake, aug))
+        loss_g = F.softplus(-logits.float()).mean()
+        _step(st.opt_G, loss_g)
+        out["G"] = loss_g.item()
 
     # G reg: path length (smooth, evenly-scaled W -> image map), lazily.
-    if cfg.pl_weight > 0 and it % cfg.pl_interval == 0:
+    if train_g and cfg.pl_weight > 0 and it % cfg.pl_interval == 0:
         pb = max(1, b // cfg.pl_batch_shrink)
         ws = _mapping_mixed(G, torch.randn(pb, z_dim, device=dev), cfg.style_mixing)
         img = G.synthesis(ws, noise_mode="random")
@@ -482,6 +493,13 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
         pen = (lengths - st.pl_mean).square().mean()
         _step(st.opt_G, pen * cfg.pl_weight * cfg.pl_interval)
         out["pl"] = pen.item()
+
+    # G reg: LR coverage (every real crop's LR image near some single-w sample's), lazily.
+    if train_g and cfg.coverage_weight > 0 and it % cfg.coverage_interval == 0:
+        with amp():
+            cov = coverage_loss(G, real, cfg.coverage_factor, cfg.coverage_candidates)
+        _step(st.opt_G, cov.float() * cfg.coverage_weight * cfg.coverage_interval)
+        out["coverage"] = cov.item()
     D.requires_grad_(True)
 
     # D main: fakes low, reals high.
@@ -493,6 +511,8 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
     loss_d = F.softplus(logits_fake.float()).mean() + F.softplus(-logits_real.float()).mean()
     _step(st.opt_D, loss_d)
     out["D"] = loss_d.item()
+    if not train_g:  # G's loss as D saw these fakes: the log keeps its column during warm-up
+        out["G"] = F.softplus(-logits_fake.detach().float()).mean().item()
 
     # D reg: R1, the gradient penalty on reals, lazily.
     if cfg.r1_gamma > 0 and it % cfg.r1_interval == 0:
@@ -502,12 +522,13 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
         _step(st.opt_D, r1 * (cfg.r1_gamma / 2) * cfg.r1_interval)
         out["R1"] = r1.item()
 
-    beta = ema_beta(cfg, it, b)
-    with torch.no_grad():
-        for p_ema, p in zip(st.G_ema.parameters(), G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b_ in zip(st.G_ema.buffers(), G.buffers()):
-            b_ema.copy_(b_)
+    if train_g:
+        beta = ema_beta(cfg, it, b)
+        with torch.no_grad():
+            for p_ema, p in zip(st.G_ema.parameters(), G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b_ in zip(st.G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b_)
     st.iteration += 1
     return out
 
@@ -558,7 +579,7 @@ def _snapshot(G: Generator, z: torch.Tensor, outdir: Path, tag: str) -> Path:
 
 
 def _append_log(path: Path, row: Dict[str, Any]) -> None:
-    append_csv_row(path, ["iteration", "kimg", "D", "G", "R1", "pl", "s_per_iter", "wall_s"], row)
+    append_csv_row(path, ["iteration", "kimg", "D", "G", "R1", "pl", "s_per_iter", "wall_s", "coverage"], row)
 
 
 def _human(seconds: float) -> str:
@@ -660,11 +681,19 @@ class _StopFlag:
 def _validate(cfg: TrainConfig) -> None:
     if cfg.iters < 0 or cfg.batch < 1:
         raise TrainError(f"need iters >= 0 and batch >= 1, got {cfg.iters}, {cfg.batch}")
-    for k in ("snapshot_every", "checkpoint_every", "log_every", "r1_interval", "pl_interval"):
+    for k in ("snapshot_every", "checkpoint_every", "log_every", "r1_interval", "pl_interval", "coverage_interval",
+              "coverage_candidates"):
         if getattr(cfg, k) < 1:
             raise TrainError(f"{k} must be >= 1")
     if not 0 <= cfg.augment_p <= 1 or not 0 <= cfg.style_mixing <= 1:
         raise TrainError("augment_p and style_mixing are probabilities in [0, 1]")
+    if cfg.coverage_weight < 0 or not math.isfinite(cfg.coverage_weight):
+        raise TrainError(f"--coverage-weight must be a finite number >= 0 (0: off), got {cfg.coverage_weight}")
+    if cfg.coverage_weight > 0 and (cfg.coverage_factor < 2 or cfg.resolution % cfg.coverage_factor):
+        raise TrainError(f"--coverage-factor must divide the resolution {cfg.resolution} (e.g. 16), "
+                         f"got {cfg.coverage_factor}")
+    if cfg.d_warmup < 0:
+        raise TrainError(f"--d-warmup must be >= 0 (0: off), got {cfg.d_warmup}")
     if cfg.resume and cfg.finish:
         raise TrainError("--finish already continues from the checkpoint; drop --resume")
     if cfg.noise_min_res is not None and cfg.noise_min_res < 4:
