@@ -118,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "--coverage-candidates fresh single-w samples (in the LR image at "
                         "--coverage-factor) is pulled toward it, so that RLS, which searches about "
                         "one w per tile, can match real LR tiles (rls_core/train/coverage.py); "
-                        "applied every 4 G steps; 0 turns it off (default: 0)")
+                        "applied lazily, like the path-length term; experimental: it did not help "
+                        "the campaign (docs/models.md); 0 turns it off (default: 0)")
     g.add_argument("--coverage-factor", type=int, default=16, metavar="F",
                    help="reduction factor of the coverage loss's LR images (default: 16)")
     g.add_argument("--coverage-candidates", type=int, default=64, metavar="K",
