@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +23,28 @@ from .intensity import IntensityRange, dtype_notes, to_full_scale
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "level": logging.NOTSET}  # readers inside tifffile_quiet, the level to restore
+
+
 @contextlib.contextmanager
-def _tifffile_quiet():
+def tifffile_quiet():
     """tifffile logs what it finds wrong with a damaged file ("<tifffile.TiffPages @...> invalid
-    offset"); we report that file ourselves, in one line with the fix, so its log stays quiet."""
+    offset"); we report that file ourselves, in one line with the fix, so its log stays quiet.
+    Counted under a lock: readers in several threads (a Dask worker) restore the level once."""
     logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            _quiet["level"] = logger.level
+            logger.setLevel(logging.CRITICAL)
+        _quiet["depth"] += 1
     try:
         yield
     finally:
-        logger.setLevel(level)
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                logger.setLevel(_quiet["level"])
 
 
 def read_raw(path: Path) -> np.ndarray:
@@ -45,7 +57,7 @@ def read_raw(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
-            with _tifffile_quiet():
+            with tifffile_quiet():
                 arr = tifffile.imread(str(path))
         else:
             import imageio.v3 as iio
@@ -117,7 +129,7 @@ def _plane_count(path: Path) -> int:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
         try:
-            with _tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
+            with tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
                 shape = tuple(tf.series[0].shape)
         except Exception as e:  # corrupt or not a TIFF: tifffile raises many types
             raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
@@ -242,7 +254,7 @@ def read_tiff_info(path: Path) -> Optional[Dict[str, Any]]:
     import tifffile
 
     try:
-        with _tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
+        with tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
             text = (tf.imagej_metadata or {}).get("Info")
         return json.loads(text) if text else None
     except Exception:  # a damaged or foreign file is simply "not ours": it gets redone

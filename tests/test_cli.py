@@ -132,6 +132,35 @@ def test_unreadable_and_mismatched_fields_fail_alone(lr_folder, tmp_path, tiny_m
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
 
 
+def test_tifffile_quiet_restores_the_log_level_once_every_thread_is_done():
+    """Readers in several threads (a Dask worker) silence tifffile's log while any of them
+    reads and give back the caller's level after the last one, whatever the interleaving."""
+    import logging
+    import threading
+
+    from rls_core.io import tifffile_quiet
+
+    logger = logging.getLogger("tifffile")
+    logger.setLevel(logging.WARNING)
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def reader():
+        with tifffile_quiet():
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()  # both readers are inside
+    assert logger.level == logging.CRITICAL
+    release.set()
+    for t in threads:
+        t.join()
+    assert logger.level == logging.WARNING
+    logger.setLevel(logging.NOTSET)
+
+
 def test_outputs_record_their_settings_and_resume_skips_only_matching_ones(lr_folder, tmp_path, tiny_model_path,
                                                                             capsys):
     from rls_core.io import read_tiff_info

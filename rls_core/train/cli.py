@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--coverage-weight", type=float, default=0.0, metavar="W",
                    help="weight of the LR coverage loss: for each real crop, the nearest of "
                         "--coverage-candidates fresh single-w samples (in the LR image at "
-                        "--coverage-factor) is pulled toward it, so that RLS, which searches about "
+                        "--coverage-factor) is pulled toward the crop's LR image, so that RLS, which searches about "
                         "one w per tile, can match real LR tiles (rls_core/train/coverage.py); "
                         "applied lazily, like the path-length term; experimental: it did not help "
                         "the campaign (docs/models.md); 0 turns it off (default: 0)")
@@ -126,9 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="fresh samples per coverage step among which each real crop's nearest is "
                         "taken (default: 64)")
     g.add_argument("--d-warmup", type=int, default=0, metavar="N",
-                   help="train only the discriminator for the first N iterations of this run (G and "
-                        "its EMA wait), so that a fine-tune's D, whose Adam moments start afresh, "
-                        "catches up with a good G before G follows it; 0 turns it off (default: 0)")
+                   help="train only the discriminator for the run's first N iterations (G and its "
+                        "EMA wait), so that the D of a fine-tune (--init-from, which restarts the "
+                        "count at 0 and Adam's moments) catches up with a good G before G follows "
+                        "it; a --resume keeps the checkpoint's setting; it did not help the "
+                        "campaign (docs/models.md); 0 turns it off (default: 0)")
     g.add_argument("--augment-p", type=float, default=0.5,
                    help="DiffAugment probability per op (colour, translation, cutout) for D's inputs; "
                         "0 turns it off; keep it on with few fields (default: 0.5)")

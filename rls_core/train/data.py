@@ -152,8 +152,13 @@ def _peek_ndim(path: Path) -> int:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        with tifffile.TiffFile(str(path)) as tf:
-            shape = tf.series[0].shape
+        from ..io import tifffile_quiet
+
+        try:
+            with tifffile_quiet(), tifffile.TiffFile(str(path)) as tf:
+                shape = tf.series[0].shape
+        except Exception as e:  # corrupt or not a TIFF: tifffile raises many types
+            raise DataError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
     else:
         shape = _read(path).shape
     return len([s for s in shape if s > 1])

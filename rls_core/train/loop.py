@@ -467,7 +467,8 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
     amp = functools.partial(autocast, cfg.accel, dev)
 
     # A D-only warm-up lets a fine-tune's D (fresh Adam moments, or fresh weights) catch up with
-    # a good G before G follows its gradients (docs/models.md, session 16).
+    # a good G before G follows its gradients (docs/models.md, session 16). It counts the run's
+    # iterations, which an --init-from run starts at 0.
     train_g = it >= cfg.d_warmup
 
     # G main: make D call fakes real.
@@ -496,9 +497,8 @@ def _iteration(st: _State, cfg: TrainConfig, real: torch.Tensor, aug: AugmentCon
 
     # G reg: LR coverage (every real crop's LR image near some single-w sample's), lazily.
     if train_g and cfg.coverage_weight > 0 and it % cfg.coverage_interval == 0:
-        with amp():
-            cov = coverage_loss(G, real, cfg.coverage_factor, cfg.coverage_candidates)
-        _step(st.opt_G, cov.float() * cfg.coverage_weight * cfg.coverage_interval)
+        cov = coverage_loss(G, real, cfg.coverage_factor, cfg.coverage_candidates, amp=amp)
+        _step(st.opt_G, cov * cfg.coverage_weight * cfg.coverage_interval)
         out["coverage"] = cov.item()
     D.requires_grad_(True)
 

@@ -100,8 +100,15 @@ def load_best(path: Path) -> Dict[str, Any]:
 
 
 def append_csv_row(path: Path, columns: List[str], row: Dict[str, Any]) -> None:
-    """One row of a log CSV (header first when new); floats to 6 significant digits, missing blank."""
-    new = not path.exists()
+    """One row of a log CSV (header first when new); floats to 6 significant digits, missing blank.
+    A file begun by an older version keeps its own header: rows follow it (so a resumed run's
+    log stays rectangular), and columns it lacks are not written."""
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path) as fh:
+            header = fh.readline().strip()
+        if header:
+            columns = header.split(",")
     with open(path, "a") as fh:
         if new:
             fh.write(",".join(columns) + "\n")
