@@ -22,6 +22,7 @@ and the same script can time an earlier commit (PYTHONPATH=<checkout>).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import tempfile
 import time
@@ -76,6 +77,20 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
+def malloc_tuning() -> str:
+    """Apply rls_core.cpu_alloc's tuning as `rls` does (searches via load_model, training
+    via train()); 'absent' on code from before it. RLS_MALLOC_TUNING=0 gives glibc's defaults."""
+    import rls_core
+
+    try:
+        from rls_core import cpu_alloc
+    except ImportError:
+        return "absent"
+    if Path(cpu_alloc.__file__).parent != Path(rls_core.__file__).parent:
+        return "absent"  # an editable install's finder supplied it to an older checkout
+    return "on" if cpu_alloc.reuse_freed_memory() else "off"
+
+
 def generator_config(args, name: Optional[str]):
     from rls_core.generator import GeneratorConfig
 
@@ -115,25 +130,32 @@ def tile_seeds(y: torch.Tensor) -> list:
     return list(range(y.shape[0]))
 
 
+def run_search(search, y: torch.Tensor, steps: int):
+    """`search.run` with per-tile seeds (older code took one `seed` keyword instead)."""
+    if "seeds" in inspect.signature(search.run).parameters:
+        return search.run(y, tile_seeds(y), steps=steps)
+    return search.run(y, steps=steps)
+
+
 def search_step_flops(search, y: torch.Tensor) -> float:
     with FlopCount() as fc:
-        search.run(y, tile_seeds(y), steps=1)
+        run_search(search, y, 1)
     return fc.total / y.shape[0]
 
 
 def time_search(search, y: torch.Tensor, steps: int) -> float:
     """Seconds per step (after a warm-up run, which also triggers any compilation)."""
-    search.run(y, tile_seeds(y), steps=2)
+    run_search(search, y, 2)
     if y.device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    search.run(y, tile_seeds(y), steps=steps)
+    run_search(search, y, steps)
     if y.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t) / steps
 
 
-def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, float]:
+def training_iteration(gcfg, batch: int, iters: int, device: str, accel: str = "none") -> Dict[str, float]:
     """Seconds and counted FLOPs of one training iteration (R1 amortised over 16)."""
     from rls_core.generator import Generator
     from rls_core.train import loop
@@ -142,6 +164,10 @@ def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, f
 
     torch.manual_seed(0)
     cfg = loop.TrainConfig(batch=batch)
+    if accel in ("bf16", "auto"):  # as `rls train --accel` (training has no compile mode)
+        from rls_core.accel import resolve_accel
+
+        cfg = loop.TrainConfig(batch=batch, accel=resolve_accel(accel, device))
     dev = torch.device(device)
     G = Generator(gcfg).to(dev).train()
     D = Discriminator(DiscriminatorConfig(gcfg.resolution, gcfg.img_channels, gcfg.channels)).to(dev).train()
@@ -163,6 +189,8 @@ def training_iteration(gcfg, batch: int, iters: int, device: str) -> Dict[str, f
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
+    if dev.type == "cpu":
+        malloc_tuning()  # as `rls train` does
     flush = dev.type == "cpu" and torch.set_flush_denormal(True)  # as `rls train` does (searches do not)
     run(True)
     plain = min(run(False) for _ in range(iters))
@@ -195,7 +223,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--channels", type=int, default=2, help="image channels of preset/width models")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--accel", default="none", help="search accel mode (rls_core.accel; default none)")
+    ap.add_argument("--accel", default="none", help="accel mode (rls_core.accel; default none) of the searches and, "
+                    "where it is bf16 or auto, of the training iteration (`rls train --accel`)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--factor", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5, help="timed search steps per batch size")
@@ -220,10 +249,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     peak32 = matmul_peak(torch.float32, args.device, big)
     # Without native bf16 a large bf16 matmul takes most of a minute (0.3 GFLOP/s here): time a small one.
     peak16 = matmul_peak(torch.bfloat16, args.device, big if bf16_is_native(args.device) else 512)
+    tuning = malloc_tuning() if torch.device(args.device).type == "cpu" else "n/a"
     print(f"machine limit on {threads} thread(s): fp32 matmul {peak32:.0f} GFLOP/s, "
-          f"bf16 matmul {peak16:.0f} GFLOP/s ({args.device}, torch {torch.__version__})")
+          f"bf16 matmul {peak16:.0f} GFLOP/s ({args.device}, torch {torch.__version__}); "
+          f"malloc tuning {tuning}")
     out: Dict = {"threads": threads, "device": args.device, "peak_fp32_gflops": peak32,
-                 "peak_bf16_gflops": peak16, "accel": args.accel, "models": []}
+                 "peak_bf16_gflops": peak16, "accel": args.accel, "malloc_tuning": tuning, "models": []}
 
     targets = []
     if args.widths:
@@ -260,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         rec = {"label": label, "config": gcfg.to_dict(), "params": nparam, "gflop_per_tile_step": flops / 1e9,
                "search": rows}
         if not args.no_train:
-            tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device)
+            tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device, args.accel)
             rate = tr["flops_per_iter"] / tr["s_per_iter"] / 1e9
             tr.update({"gflops": rate, "frac_fp32_peak": rate / peak32})
             rec["train"] = tr

@@ -131,9 +131,21 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, pad: Tuple[int, int
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """2x FIR upsampling with unit DC gain (the skip path of ToRGB outputs)."""
+    """2x FIR upsampling with unit DC gain (the skip path of ToRGB outputs).
+
+    For even filters this is one depthwise transposed convolution (zero insertion and the
+    filter in one op, equal to `upfirdn2d` up to float rounding). It keeps channels-last
+    inputs channels-last; the zero-insertion reshape below makes a contiguous copy, and
+    oneDNN's depthwise convolution of a 2-channel contiguous image ran ~15x slower (docs/performance.md).
+    """
     fw = f.shape[-1]
     p0, p1 = (fw + 1) // 2, (fw - 2) // 2
+    crop0, crop1 = fw - 1 - p0, fw - 2 - p1  # what a transposed conv's full output has too much
+    if crop0 == crop1 >= 0 and f.shape[0] == fw:
+        c = x.shape[1]
+        # conv_transpose2d scatters x[i] * weight[a] to 2i + a: a true convolution, as upfirdn2d's.
+        weight = (f * 4.0).to(x.dtype)[None, None].expand(c, 1, fw, fw)
+        return F.conv_transpose2d(x, weight, stride=2, padding=crop0, groups=c)
     return upfirdn2d(x, f, up=2, pad=(p0, p1, p0, p1), gain=4.0)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .accel import DEFAULT_ACCEL, autocast, compiled, resolve_accel
 from .bundle import BundleError, ModelBundle, load_bundle
+from .cpu_alloc import reuse_freed_memory
 from .errors import DeviceError
 from .registry import resolve_model
 
@@ -150,6 +151,8 @@ def load_model(model: Union[str, Path, LoadedModel], device: Union[str, torch.de
     path = resolve_model(model)
     dev = resolve_device(device)
     mode = resolve_accel(accel, dev)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # searches re-allocate the same large tensors every step (cpu_alloc)
     mtime = path.stat().st_mtime if path.exists() else -1.0
     key = (str(path.resolve()), mtime, str(dev), mode)
     with _LOCK:

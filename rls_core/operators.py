@@ -6,7 +6,7 @@ the input's device and dtype (filter taps are cast to the input on every call).
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -106,17 +106,40 @@ class BicubicDown(Operator):
         # float64 so double-precision inputs get exact taps; cast to the input on use.
         self.register_buffer("taps", taps / taps.sum())
         self.pad = (-m_lo, m_hi - (f - 1))  # so output i reads inputs i*f + m_lo .. i*f + m_hi
+        self._mats: Dict[Tuple[int, torch.dtype, torch.device], Tensor] = {}
 
     def describe(self) -> str:
         return f"bicubic x{self.factor} (Keys a={self.a:g}, antialiased)"
+
+    def axis_matrix(self, n: int) -> Tensor:
+        """(n // factor, n) float64 matrix of one axis: taps and reflect padding in one.
+
+        Applying it is a plain matrix product, which on CPU runs forward and backward ~20x
+        faster than the equivalent strided 1-channel convolution (whose backward oneDNN runs
+        slowly) and gives the same values up to float rounding."""
+        lo, hi = self.pad
+        f, k = self.factor, self.taps.numel()
+        src = reflect_index(n, lo, hi)  # padded position -> input index
+        n_out = n // f
+        pos = (torch.arange(n_out)[:, None] * f + torch.arange(k)[None, :]).flatten()
+        mat = torch.zeros(n_out, n, dtype=torch.float64)
+        mat.index_put_((torch.arange(n_out).repeat_interleave(k), src[pos]), self.taps.cpu().repeat(n_out),
+                       accumulate=True)
+        return mat
+
+    def _matrix(self, n: int, like: Tensor) -> Tensor:
+        key = (n, like.dtype, like.device)
+        mat = self._mats.get(key)
+        if mat is None:  # built once per size, dtype and device (a search calls this every step)
+            mat = self._mats[key] = self.axis_matrix(n).to(dtype=like.dtype, device=like.device)
+        return mat
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_shape(x)
         if self.factor == 1:
             return x
-        lo, hi = self.pad
-        x = _conv_axis(x, self.taps, 3, self.factor, lo, hi)
-        return _conv_axis(x, self.taps, 2, self.factor, lo, hi)
+        mh, mw = self._matrix(x.shape[-2], x), self._matrix(x.shape[-1], x)
+        return torch.matmul(mh, torch.matmul(x, mw.t()))  # W axis first, then H
 
 
 class AreaDown(Operator):

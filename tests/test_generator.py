@@ -95,6 +95,27 @@ def test_fir_upsample_preserves_constant():
     assert torch.allclose(upfirdn2d(y, delta, pad=(1, 1, 1, 1)), y)
 
 
+@pytest.mark.parametrize("taps", [(1.0, 3.0, 3.0, 1.0), (1.0, 2.0, 5.0, 0.5), (1.0, 1.0), (1.0, 2.0, 4.0, 4.0, 2.0, 3.0)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fir_upsample_is_zero_insertion_then_filter(taps, channels_last):
+    """upsample2d's one transposed convolution equals the reference path (zero insertion,
+    pad, true convolution) for even filters, asymmetric ones included, in either layout."""
+    k = torch.tensor(taps, dtype=torch.float64)
+    f = torch.outer(k, k.flip(0) + 0.25)  # not symmetric, not separable by symmetry
+    f = f / f.sum()
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fw = f.shape[-1]
+    p0, p1 = (fw + 1) // 2, (fw - 2) // 2
+    ref = upfirdn2d(x, f, up=2, pad=(p0, p1, p0, p1), gain=4.0)
+    out = upsample2d(x, f)
+    assert out.shape == ref.shape == (2, 3, 14, 14)
+    assert torch.allclose(out, ref, atol=1e-12)
+    if channels_last:  # the point of the transposed convolution: no contiguous copy
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bad_configs():
     with pytest.raises(ValueError, match="power of two"):
         GeneratorConfig(resolution=100)

@@ -40,6 +40,26 @@ def test_bicubic_factor_one_is_identity_and_taps():
     assert torch.allclose(op.taps, op.taps.flip(0))  # symmetric about the output centre
 
 
+@pytest.mark.parametrize("factor,hw", [(2, (6, 10)), (3, (9, 12)), (16, (128, 64)), (16, (16, 32)), (32, (64, 32))])
+def test_bicubic_matrices_equal_the_padded_strided_convolution(factor, hw):
+    """The operator's axis matrices are the reflect-padded, strided 1-D convolution by the
+    taps (the textbook form, kept for the blur degradation), values and gradients."""
+    from rls_core.operators import _conv_axis
+
+    op = BicubicDown(factor)
+    lo, hi = op.pad
+    x = _rand((2, 3) + hw, seed=factor).requires_grad_()
+    ref = _conv_axis(_conv_axis(x, op.taps, 3, factor, lo, hi), op.taps, 2, factor, lo, hi)
+    y = op(x)
+    assert y.shape == ref.shape
+    assert torch.allclose(y, ref, atol=1e-13)
+    g = _rand(y.shape, seed=99)
+    (gx,) = torch.autograd.grad((y * g).sum(), x)
+    (gref,) = torch.autograd.grad((ref * g).sum(), x)
+    assert torch.allclose(gx, gref, atol=1e-13)
+    assert torch.allclose(op.axis_matrix(hw[0]).sum(1), torch.ones(hw[0] // factor, dtype=torch.float64))
+
+
 def test_bicubic_small_image_reflect_pads_beyond_size():
     # Pad (24) exceeds the image (16): reflection must still work.
     y = BicubicDown(16)(torch.full((1, 1, 16, 32), 0.3))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..accel import autocast, resolve_accel
+from ..cpu_alloc import reuse_freed_memory
 from ..errors import RLSError
 from ..generator import Generator, GeneratorConfig, fine_noise_min_res
 from ..model import resolve_device
@@ -711,6 +712,8 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume, or only finish) a model. Returns the bundle path, or the checkpoint
     path when the run stopped early (time limit or Ctrl-C) and must be resumed."""
     _validate(cfg)
+    if resolve_device(cfg.device).type == "cpu":
+        reuse_freed_memory()  # every iteration re-allocates the same large tensors (rls_core.cpu_alloc)
     threads = torch.get_num_threads()
     try:
         if cfg.threads:
