@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .accel import DEFAULT_ACCEL
+from .cpu_alloc import release_free_memory
 from .errors import InputError, SearchError
 from .intensity import IntensityRange, check_range, dtype_notes, intensity_warnings, to_full_scale
 from .methods import DEFAULT_METHOD, get_method, valid_factors
@@ -223,6 +224,7 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
                             res.images[j].std(0) if samples > 1 else None)
     finally:
         bar.close()
+        release_free_memory()  # between fields, a host process (CellProfiler) gets the search's memory back
     if n_failed:
         raise SearchError(f"the search broke down (NaN or infinite loss) on {n_failed} of "
                           f"{len(prep.index) * samples} tile searches, so the result cannot be used",

@@ -222,6 +222,19 @@ def _pair_index(l: int, device) -> Tuple[Tensor, Tensor]:
     return torch.triu_indices(l, l, offset=1, device=device).unbind(0)
 
 
+def _pair_rows(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(x[:, i], x[:, j]) over the row pairs i < j, each (B, P, D), gathered by matrix products
+    with one-hot selection matrices instead of indexing.
+
+    Why: the backward of `x[:, i]` accumulates with index_put(accumulate=True), which on a
+    multi-threaded CPU adds the duplicate rows' gradients in a varying order, so the same search
+    gave different results from run to run (docs/reproducibility.md). A product with a 0/1
+    matrix selects the same values exactly, and its backward is a matmul, deterministic."""
+    i, j = _pair_index(x.shape[1], x.device)
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.matmul(eye[i], x), torch.matmul(eye[j], x)
+
+
 def _safe_norm(x: Tensor) -> Tensor:
     """Euclidean norm over the last dim with a zero (not NaN) gradient at the origin."""
     sq = x.square().sum(-1)
@@ -234,8 +247,8 @@ def cross_euclidean(w_plus: Tensor) -> Tensor:
     w = _as_wplus(w_plus)
     if w.shape[1] < 2:
         return w.new_zeros(w.shape[0])
-    i, j = _pair_index(w.shape[1], w.device)
-    return _safe_norm(w[:, i] - w[:, j]).mean(-1)
+    a, b = _pair_rows(w)
+    return _safe_norm(a - b).mean(-1)
 
 
 def _unit_rows(x: Tensor) -> Tensor:
@@ -253,8 +266,7 @@ def cross_geodesic(x: Tensor) -> Tensor:
     if x.shape[1] < 2:
         return x.new_zeros(x.shape[0])
     u = _unit_rows(x)
-    i, j = _pair_index(x.shape[1], x.device)
-    a, b = u[:, i], u[:, j]
+    a, b = _pair_rows(u)
     angle = 2.0 * torch.atan2(_safe_norm(a - b), _safe_norm(a + b))
     return angle.square().mean(-1)
 
@@ -265,8 +277,8 @@ def cross_cosine(w_plus: Tensor) -> Tensor:
     if w.shape[1] < 2:
         return w.new_zeros(w.shape[0])
     u = _unit_rows(w)
-    i, j = _pair_index(w.shape[1], w.device)
-    cos = (u[:, i] * u[:, j]).sum(-1)
+    a, b = _pair_rows(u)
+    cos = (a * b).sum(-1)
     return (1.0 - cos).abs().sum(-1)
 
 

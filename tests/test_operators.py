@@ -60,6 +60,27 @@ def test_bicubic_matrices_equal_the_padded_strided_convolution(factor, hw):
     assert torch.allclose(op.axis_matrix(hw[0]).sum(1), torch.ones(hw[0] // factor, dtype=torch.float64))
 
 
+def test_bicubic_matrices_survive_dtype_casts_inference_mode_and_long_axes(monkeypatch):
+    import rls_core.operators as ops
+
+    x = _rand((1, 2, 32, 48))
+    ref = BicubicDown(4)(x)
+    # float32 taps after .float() (the matrices are still built in float64)
+    assert torch.allclose(BicubicDown(4).float()(x.float()), ref.float(), atol=1e-6)
+    # a matrix first built under inference_mode can still be saved for backward later
+    op = BicubicDown(4)
+    with torch.inference_mode():
+        op(x)
+    xg = x.clone().requires_grad_()
+    op(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    # past MATRIX_MAX_N pixels an axis takes the strided convolution: the same values
+    monkeypatch.setattr(ops, "MATRIX_MAX_N", 40)  # H = 32 by matrix, W = 48 by convolution
+    assert torch.allclose(BicubicDown(4)(x), ref, atol=1e-13)
+    monkeypatch.setattr(ops, "MATRIX_MAX_N", 8)  # both by convolution
+    assert torch.allclose(BicubicDown(4)(x), ref, atol=1e-13)
+
+
 def test_bicubic_small_image_reflect_pads_beyond_size():
     # Pad (24) exceeds the image (16): reflection must still work.
     y = BicubicDown(16)(torch.full((1, 1, 16, 32), 0.3))

@@ -266,3 +266,57 @@ def test_a_search_whose_loss_turns_nan_is_a_failure_not_a_result(tiny_model):
         super_resolve(np.full((2, 8, 8), 0.02, np.float32), m, FACTOR, "rls", steps=3)
     plain = make_reconstructor(m, "plain", FACTOR, steps=3)  # no flow term: unaffected
     assert not reconstruct_tiles(plain, _lr_tiles(1, 2), [TileKey("f")]).failed.any()
+
+
+# ----------------------------------------------------------------------------- run to run
+
+@pytest.mark.parametrize("term", ["cross_euclidean", "cross_geodesic", "cross_cosine"])
+def test_cross_terms_backward_has_no_order_dependent_accumulation(term):
+    """The backward of `w[:, i]` over the row pairs accumulated with index_put(accumulate=True),
+    whose multi-threaded CPU kernel adds duplicate rows in a varying order: the same search gave
+    different bytes run to run (session 17). The cross terms now gather the pairs by matrix
+    products, whose backward is a matmul."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rls_core import priors
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append((str(func), args))
+            return func(*args, **(kwargs or {}))
+
+    w = torch.randn(5, 12, 16, dtype=torch.float64, requires_grad=True)
+    value = getattr(priors, term)(w)
+    with Ops() as ops:
+        value.sum().backward()
+    accumulating = [name for name, args in ops.seen if "index_put" in name and len(args) > 3 and args[3]]
+    assert not accumulating, accumulating
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+_RUN_FIELD = r"""
+import hashlib, sys, numpy as np, tifffile, torch
+torch.set_num_threads(2)
+from rls_core.api import super_resolve
+img = [tifffile.imread(f"{sys.argv[1]}/translocation_DMSO_B02_s1_{c}.tif") for c in ("DNA", "NFkB")]
+r = super_resolve(img, "translocation", 16, steps=25, name="s1")
+print(hashlib.sha256(np.ascontiguousarray(r.image).tobytes()).hexdigest())
+"""
+
+
+def test_the_same_field_gives_the_same_bytes_in_separate_processes():
+    """The shipped model's RLS on an example field, three processes, two threads each: the
+    same bytes (before session 17's fix, five such runs at 25 steps gave five different results)."""
+    from pathlib import Path
+
+    lr = Path(__file__).resolve().parents[1] / "examples" / "translocation" / "lr"
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    digests = {subprocess.run([sys.executable, "-c", _RUN_FIELD, str(lr)], env=env, capture_output=True,
+                              text=True, check=True, timeout=600).stdout.strip().splitlines()[-1]
+               for _ in range(3)}
+    assert len(digests) == 1, digests
