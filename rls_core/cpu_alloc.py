@@ -18,6 +18,7 @@ the environment switches it off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import threading
@@ -47,26 +48,29 @@ def reuse_freed_memory() -> bool:
 
 def release_free_memory() -> None:
     """Return the heap's free memory to the OS (glibc malloc_trim), where the tuning is active."""
-    if not _state["active"]:
-        return
+    if _state["active"]:  # active implies _libc() found glibc
+        _libc().malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """glibc with the two functions used here typed; None elsewhere."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
     try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+        return None
+    return libc
 
 
 def _apply() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     # glibc falls back to mmap by itself where the heap cannot grow, so nothing can fail here
     # that would not have failed anyway.
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
