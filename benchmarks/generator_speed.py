@@ -9,7 +9,8 @@ Prints, side by side, for each model:
       W+, operator, p_w flow, p_cross), with torch.utils.flop_counter;
   (b) ms per tile per search step and tiles/s (500-step searches) at each batch size;
   (c) images/s of one full training iteration (G step, D step, R1 every 16 amortised) of
-      the model's preset;
+      the model's preset, with D's fakes shared with the G step (`rls train`'s default) and
+      fresh (NVlabs' phases; `--fakes`);
   (d) the machine's measured peak: a large float32 matmul and a bfloat16 matmul on the same
       threads, so every figure is also a fraction of the peak ("% fp32 peak").
 Measure with nothing else running (a background training run halves these figures).
@@ -155,19 +156,22 @@ def time_search(search, y: torch.Tensor, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def training_iteration(gcfg, batch: int, iters: int, device: str, accel: str = "none") -> Dict[str, float]:
-    """Seconds and counted FLOPs of one training iteration (R1 amortised over 16)."""
+def training_iteration(gcfg, batch: int, iters: int, device: str, accel: str = "none",
+                       fakes: Optional[str] = None) -> Dict[str, float]:
+    """Seconds and counted FLOPs of one training iteration (R1 amortised over 16); `fakes` as
+    `rls train --fakes` (None: the default)."""
     from rls_core.generator import Generator
     from rls_core.train import loop
     from rls_core.train.augment import AugmentConfig
     from rls_core.train.discriminator import Discriminator, DiscriminatorConfig
 
     torch.manual_seed(0)
-    cfg = loop.TrainConfig(batch=batch)
+    kw = {"fakes": fakes} if fakes else {}
     if accel in ("bf16", "auto"):  # as `rls train --accel` (training has no compile mode)
         from rls_core.accel import resolve_accel
 
-        cfg = loop.TrainConfig(batch=batch, accel=resolve_accel(accel, device))
+        kw["accel"] = resolve_accel(accel, device)
+    cfg = loop.TrainConfig(batch=batch, **kw)
     dev = torch.device(device)
     G = Generator(gcfg).to(dev).train()
     D = Discriminator(DiscriminatorConfig(gcfg.resolution, gcfg.img_channels, gcfg.channels)).to(dev).train()
@@ -209,6 +213,16 @@ def training_iteration(gcfg, batch: int, iters: int, device: str, accel: str = "
             "flops_per_iter": flops[False] + (flops[True] - flops[False]) / k}
 
 
+def train_fakes(asked: str) -> List[Optional[str]]:
+    """The `--fakes` rows to time: the checkout's own choices (a checkout from before the option
+    only has fresh fakes, timed as None)."""
+    try:
+        from rls_core.train import FAKES
+    except ImportError:
+        return [None]
+    return list(FAKES) if asked == "all" else [asked]
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None,
@@ -232,6 +246,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-iters", type=int, default=3, help="timed training iterations (best of)")
     ap.add_argument("--no-train", action="store_true", help="skip the training-iteration figures")
+    ap.add_argument("--fakes", default="all",
+                    help="training rows to time, as `rls train --fakes`: shared, fresh, or all (default: all; "
+                         "the first printed is rls train's default)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -290,14 +307,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             print(f"  {b:>6} {ms_tile:>13.2f} {b / (sec * 500):>20.3f} {rate:>9.1f} {100 * rate / peak32:>11.1f}%")
         rec = {"label": label, "config": gcfg.to_dict(), "params": nparam, "gflop_per_tile_step": flops / 1e9,
                "search": rows}
-        if not args.no_train:
-            tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device, args.accel)
+        for fakes in ([] if args.no_train else train_fakes(args.fakes)):
+            tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device, args.accel, fakes)
             rate = tr["flops_per_iter"] / tr["s_per_iter"] / 1e9
-            tr.update({"gflops": rate, "frac_fp32_peak": rate / peak32})
-            rec["train"] = tr
-            print(f"  training iteration (batch {args.train_batch}, D mirrors G, R1/16): {tr['s_per_iter']:.2f} s, "
-                  f"{tr['images_per_s']:.2f} images/s, {tr['flops_per_iter'] / 1e9:.1f} GFLOP, "
-                  f"{rate:.1f} GFLOP/s = {100 * rate / peak32:.1f}% fp32 peak")
+            tr.update({"gflops": rate, "frac_fp32_peak": rate / peak32, "fakes": fakes or "fresh"})
+            rec.setdefault("train", tr)  # the first row: the default of `rls train`
+            rec.setdefault("train_rows", []).append(tr)
+            print(f"  training iteration (batch {args.train_batch}, D mirrors G, R1/16, {tr['fakes']} fakes): "
+                  f"{tr['s_per_iter']:.3f} s, {tr['images_per_s']:.2f} images/s, "
+                  f"{tr['flops_per_iter'] / 1e9:.1f} GFLOP, {rate:.1f} GFLOP/s = {100 * rate / peak32:.1f}% fp32 peak")
         out["models"].append(rec)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

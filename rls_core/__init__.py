@@ -1,2 +1,2 @@
 """SuperResolveRLS core library."""
-__version__ = "0.4.1"
+__version__ = "0.4.2"

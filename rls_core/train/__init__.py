@@ -9,6 +9,9 @@ __all__ = ["TrainConfig", "TrainError", "train"]
 #: which generator a bundle holds (`rls train --export`): StyleGAN's EMA average, the raw G, or
 #: the better of the two at the best realism measurement of the run (`--metrics-every`)
 EXPORTS = ("ema", "raw", "best")
+#: where the D step's fakes come from: a new batch (NVlabs; the default), or the G step's batch
+#: (one G and one D forward fewer; trained worse in the one comparison so far, docs/performance.md)
+FAKES = ("fresh", "shared")
 
 
 def __getattr__(name: str):

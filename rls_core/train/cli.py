@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..presets import PRESET_NAMES
-from . import EXPORTS
+from . import EXPORTS, FAKES
 from ..prior_config import FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
 
 DESCRIPTION = """\
@@ -131,6 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "count at 0 and Adam's moments) catches up with a good G before G follows "
                         "it; a --resume keeps the checkpoint's setting; it did not help the "
                         "campaign (docs/models.md); 0 turns it off (default: 0)")
+    g.add_argument("--fakes", choices=FAKES, default=None,
+                   help="where D's step gets its fake images: 'shared' reuses the G step's batch and "
+                        "D's logits on it (D has not changed in between), saving one G forward and one "
+                        "D forward per iteration; 'fresh' draws a new batch from the updated G, as "
+                        "NVlabs' StyleGAN2 does. shared is ~1.2x faster but trained worse in the one "
+                        "comparison so far (docs/performance.md). A --resume keeps the checkpoint's "
+                        "choice (default: fresh)")
     g.add_argument("--augment-p", type=float, default=0.5,
                    help="DiffAugment probability per op (colour, translation, cutout) for D's inputs; "
                         "0 turns it off; keep it on with few fields (default: 0.5)")
@@ -199,6 +206,7 @@ def config_from_args(args: argparse.Namespace):
         noise_min_res=args.noise_min_res, init_from=args.init_from, iters=args.iters,
         batch=args.batch, seed=args.seed, lr=args.lr, r1_gamma=args.r1_gamma, pl_weight=args.pl_weight,
         style_mixing=args.style_mixing, ema_kimg=args.ema_kimg, augment_p=args.augment_p, d_warmup=args.d_warmup,
+        fakes=args.fakes,
         coverage_weight=args.coverage_weight, coverage_factor=args.coverage_factor,
         coverage_candidates=args.coverage_candidates,
         resume=args.resume, finish=args.finish, time_limit=args.time_limit,
