@@ -12,36 +12,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_ab import add_run_arguments, train_run  # noqa: E402
+
 
 def run(args, accel: str, outdir: Path) -> list:
-    from rls_core.train.loop import TrainConfig, train
-
-    cfg = TrainConfig(data_dir=args.data, outdir=str(outdir), name="m", channels=args.channels.split(","),
-                      resolution=args.resolution, preset=args.preset, iters=args.iters, batch=args.batch,
-                      seed=0, fit_prior_samples=0, snapshot_every=10 ** 9, checkpoint_every=10 ** 9,
-                      log_every=args.log_every, device=args.device, accel=accel, threads=args.threads,
-                      progress=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 on a CPU without native support: we know
-        train(cfg)
-    return [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(open(outdir / "train_log.csv"))]
+        return train_run(args, outdir, accel=accel)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", help="training fields (as for rls train)")
-    ap.add_argument("--channels", default="DNA,NFkB")
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--log-every", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_run_arguments(ap, iters=300)
     ap.add_argument("--out", default=None, help="folder for bf16_training.png/.csv")
     args = ap.parse_args()
 

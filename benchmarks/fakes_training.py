@@ -11,39 +11,29 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_ab import add_run_arguments, train_run  # noqa: E402
+
 
 def run(args, fakes: str, outdir: Path) -> dict:
-    from rls_core.train.loop import TrainConfig, train
     from rls_core.train.monitor import METRICS_NAME, read_metrics
 
-    cfg = TrainConfig(data_dir=args.data, outdir=str(outdir), name="m", channels=args.channels.split(","),
-                      resolution=args.resolution, preset=args.preset, iters=args.iters, batch=args.batch,
-                      seed=args.seed, fakes=fakes, fit_prior_samples=0, snapshot_every=10 ** 9,
-                      checkpoint_every=10 ** 9, log_every=args.log_every, metrics_every=args.metrics_every,
-                      device=args.device, threads=args.threads, progress=True)
-    train(cfg)
-    log = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(open(outdir / "train_log.csv"))]
-    return {"log": log, "metrics": [{k: v for k, v in r.items()} for r in read_metrics(outdir / METRICS_NAME)]}
+    log = train_run(args, outdir, seed=args.seed, fakes=fakes, metrics_every=args.metrics_every)
+    return {"log": log, "metrics": read_metrics(outdir / METRICS_NAME)}
 
 
 def main() -> None:
     from rls_core.train import FAKES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", help="training fields (as for rls train)")
-    ap.add_argument("--channels", default="DNA,NFkB")
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=16)
+    add_run_arguments(ap, iters=1000)
+    ap.set_defaults(log_every=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--metrics-every", type=int, default=100)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder for fakes_training.png/.csv")
     args = ap.parse_args()
 
