@@ -30,7 +30,8 @@ def train_run(args: argparse.Namespace, outdir: Path, **settings) -> List[Dict[s
     base = dict(data_dir=args.data, outdir=str(outdir), name="m", channels=args.channels.split(","),
                 resolution=args.resolution, preset=args.preset, iters=args.iters, batch=args.batch,
                 seed=0, fit_prior_samples=0, snapshot_every=10 ** 9, checkpoint_every=10 ** 9,
-                log_every=args.log_every, device=args.device, threads=args.threads, progress=True)
+                log_every=args.log_every, device=args.device, threads=args.threads,
+                progress=getattr(args, "progress", True))
     train(TrainConfig(**{**base, **settings}))
     with open(outdir / "train_log.csv", newline="") as fh:
         return [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(fh)]

@@ -63,3 +63,28 @@ def test_prior_quality_reads_the_floor_off_as_many_draws_as_the_generated_side(t
     assert flo[0] == pytest.approx(rows[("real, other fields", "mean")], rel=1e-4)
     assert flo[0] != flo[1]  # another set of fields, not the same one twice
     assert rows[("generated / floor", "ratio of means")] == pytest.approx(sum(gen) / sum(flo), rel=1e-3)
+
+
+def test_fakes_training_pairs_the_arms_by_name_seed_by_seed(capsys):
+    """The shared-vs-fresh summary compares each seed's shared run with the same seed's fresh
+    run (whatever order the arms ran in) and counts the seeds where shared is lower."""
+    import argparse
+
+    ft = load_script(BENCH / "fakes_training.py", "fakes_training")
+    assert ft.parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+    def result(fakes, seed, swd):  # 8 iterations, measured at 2, 4, 6, 8; only 6 and 8 are "late"
+        log = [{"iteration": i, "D": 1.0, "G": 0.5, "s_per_iter": 0.1} for i in range(1, 9)]
+        return {"fakes": fakes, "seed": seed, "log": log,
+                "metrics": [(2, 900.0, 900.0), (4, 50.0, 900.0), (6, swd, swd), (8, swd, swd + 10)]}
+
+    results = {("shared", 0): result("shared", 0, 100.0), ("fresh", 0): result("fresh", 0, 200.0),
+               ("shared", 1): result("shared", 1, 300.0), ("fresh", 1): result("fresh", 1, 250.0)}
+    args = argparse.Namespace(preset="tiny", resolution=64, iters=8, batch=16, device="cpu")
+    rows = ft.report(results, ["fresh", "shared"], [0, 1], args)
+    by = {(r["fakes"], r["seed"]): r for r in rows}
+    assert by["shared", 0]["swd_G"] == 100.0 and by["shared", 0]["swd_ema"] == 105.0
+    assert by["fresh", 1]["best"] == 50.0  # the best is over all measurements, early ones too
+    out = capsys.readouterr().out
+    assert "swd_G: fresh 225.0, shared 200.0; shared - fresh per seed -25.0" in out
+    assert "shared lower in 1 of 2 seeds" in out

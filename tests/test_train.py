@@ -367,7 +367,7 @@ def test_shared_fakes_give_d_the_g_steps_batch_with_the_same_gradients():
     and showed D (two D forwards per iteration instead of three, one G forward instead of
     two), with D's exact gradient of its loss on that batch and the reals; G's step is the
     same as with fresh fakes."""
-    assert TrainConfig().fakes == "fresh"
+    assert TrainConfig().fakes == "shared"  # the default since 0.4.3
     seen, grads, D0 = _one_iteration("shared")
     assert len(seen) == 2  # G's fakes (as augmented), the reals
     fake, real = seen
@@ -383,12 +383,13 @@ def test_shared_fakes_give_d_the_g_steps_batch_with_the_same_gradients():
 
 
 def test_fakes_setting_checkpoints_from_before_it_and_cli(data_dir, tmp_path, capsys):
-    """A run records its --fakes; a checkpoint from before the setting resumes with fresh fakes,
-    as it was trained, and says nothing about it; a wrong value is refused."""
+    """A run records its --fakes (not asked: shared); a checkpoint from before the setting
+    resumes with fresh fakes, as it was trained, and says nothing about it; a wrong value is
+    refused."""
     from rls_core.train.cli import add_arguments, config_from_args
 
     out = tmp_path / "old"
-    train(_cfg(data_dir, out, iters=1, fakes="shared"))
+    train(_cfg(data_dir, out, iters=1, fakes=None))
     ck = _ckpt(out)
     assert ck["config"]["fakes"] == "shared"
     del ck["config"]["fakes"]
@@ -399,7 +400,7 @@ def test_fakes_setting_checkpoints_from_before_it_and_cli(data_dir, tmp_path, ca
     parser = add_arguments(argparse.ArgumentParser(prog="rls train"))
     assert config_from_args(parser.parse_args([str(data_dir), "-o", "o"])).fakes is None
     assert config_from_args(parser.parse_args([str(data_dir), "-o", "o", "--fakes", "fresh"])).fakes == "fresh"
-    with pytest.raises(TrainError, match="--fakes must be one of fresh, shared"):
+    with pytest.raises(TrainError, match="--fakes must be one of shared, fresh"):
         train(_cfg(data_dir, tmp_path / "bad", fakes="stale"))
 
 

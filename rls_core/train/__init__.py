@@ -9,9 +9,10 @@ __all__ = ["TrainConfig", "TrainError", "train"]
 #: which generator a bundle holds (`rls train --export`): StyleGAN's EMA average, the raw G, or
 #: the better of the two at the best realism measurement of the run (`--metrics-every`)
 EXPORTS = ("ema", "raw", "best")
-#: where the D step's fakes come from: a new batch (NVlabs; the default), or the G step's batch
-#: (one G and one D forward fewer; trained worse in the one comparison so far, docs/performance.md)
-FAKES = ("fresh", "shared")
+#: where the D step's fakes come from (the first is the default): the G step's batch (one G and
+#: one D forward fewer; trained as well over six paired seeds, docs/performance.md), or a new
+#: batch from the updated G (NVlabs' phases)
+FAKES = ("shared", "fresh")
 
 
 def __getattr__(name: str):

@@ -134,10 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--fakes", choices=FAKES, default=None,
                    help="where D's step gets its fake images: 'shared' reuses the G step's batch and "
                         "D's logits on it (D has not changed in between), saving one G forward and one "
-                        "D forward per iteration; 'fresh' draws a new batch from the updated G, as "
-                        "NVlabs' StyleGAN2 does. shared is ~1.2x faster but trained worse in the one "
-                        "comparison so far (docs/performance.md). A --resume keeps the checkpoint's "
-                        "choice (default: fresh)")
+                        "D forward per iteration (~1.2x faster); 'fresh' draws a new batch from the "
+                        "updated G, as NVlabs' StyleGAN2 does. Both trained alike in a paired "
+                        "comparison (docs/performance.md). A --resume keeps the run's own choice (fresh for "
+                        f"runs from before the option) (default: {FAKES[0]})")
     g.add_argument("--augment-p", type=float, default=0.5,
                    help="DiffAugment probability per op (colour, translation, cutout) for D's inputs; "
                         "0 turns it off; keep it on with few fields (default: 0.5)")

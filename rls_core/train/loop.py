@@ -84,7 +84,7 @@ class TrainConfig:
     ema_kimg: float = 10.0                  # EMA half-life in thousands of images
     ema_rampup: Optional[float] = 0.05      # from scratch: half-life <= this x images seen; None: off
     augment_p: float = 0.5                  # DiffAugment probability per op and image; 0: off
-    fakes: Optional[str] = "fresh"          # D's step draws "fresh" fakes or reuses the G step's: one of FAKES (None: the first)
+    fakes: Optional[str] = FAKES[0]         # D's step reuses the G step's fakes or draws "fresh" ones: one of FAKES (None: the first)
     d_warmup: int = 0                       # the first N iterations train D only (G and its EMA wait)
     coverage_weight: float = 0.0            # LR coverage loss weight (coverage.py); 0 disables
     coverage_factor: int = 16               # ... at this reduction factor (the searches' 16x)
