@@ -85,7 +85,7 @@ def plot(results: Dict[Tuple[str, int], dict], arms: List[str], seeds: List[int]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(arms, ("tab:blue", "tab:orange")))
+    colours = {"fresh": "tab:blue", "shared": "tab:orange"}  # by name: the same in every plot
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for (fakes, seed), r in results.items():
         c, lab = colours[fakes], (f"{fakes} fakes" if seed == seeds[0] else None)
@@ -106,7 +106,7 @@ def plot(results: Dict[Tuple[str, int], dict], arms: List[str], seeds: List[int]
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     fig.suptitle(f"{args.preset} preset, {args.resolution} px, batch {args.batch}, {args.device}: "
-                 f"the same {len(seeds)} seeds with shared vs fresh fakes for D")
+                 f"the same {len(seeds)} seed(s) with shared vs fresh fakes for D")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=100)
     plt.close(fig)
