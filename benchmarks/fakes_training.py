@@ -1,6 +1,7 @@
-"""Does sharing the G step's fakes with the D step (`rls train --fakes shared`) train as well
-as fresh fakes (NVlabs' phases, the default)? The same runs (data, seeds, settings) both ways:
-loss curves, and the SWD of G and its EMA against training crops, compared seed by seed.
+"""Does sharing the G step's fakes with the D step (`rls train --fakes shared`, the default
+since 0.4.3 on this benchmark's evidence) train as well as fresh fakes (NVlabs' phases)? The
+same runs (data, seeds, settings) both ways: loss curves, and the SWD of G and its EMA against
+training crops, compared seed by seed.
 
     python benchmarks/fakes_training.py data/train/translocation_s3000 --seeds 0-5 --jobs 2 \\
         --threads 1 --iters 4000 --metrics-every 200 --out docs/images/perf
@@ -10,7 +11,7 @@ SWD swings by 2-4x between measurements of one run, so one seed says little: eac
 summarised by the mean of its last half of measurements and by its best measurement (what
 `--export best` ships), and the arms are compared per seed (shared minus fresh).
 Writes fakes_training_<preset>_<resolution>px.png and .csv to --out. Keep it small on a CPU
-(tiny preset at 64 px; the cpu preset at 128 px takes ~20 min per run and seed on one thread).
+(tiny preset at 64 px; the cpu preset at 128 px takes ~20 min per 2000 iterations on one thread).
 """
 from __future__ import annotations
 
