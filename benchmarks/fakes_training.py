@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -68,15 +69,14 @@ def report(results: Dict[Tuple[str, int], dict], arms: List[str], seeds: List[in
             rows.append({"seed": seed, "fakes": fakes, **s})
             print(f"  seed {seed:>3} {fakes:>6}: D {s['D']:.3f} G {s['G']:.3f} | SWD G {s['swd_G']:7.1f} "
                   f"EMA {s['swd_ema']:7.1f} best {s['best']:7.1f} | {s['s_per_iter']:.3f} s/it")
-    if set(arms) == {"shared", "fresh"}:
-        a, b = "shared", "fresh"
-        by = {(r["fakes"], r["seed"]): r for r in rows}
-        for key in ("swd_G", "swd_ema", "best"):
-            d = [by[a, s][key] - by[b, s][key] for s in seeds]
-            sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-            means = {f: statistics.fmean(by[f, s][key] for s in seeds) for f in arms}
-            print(f"  {key:>7}: {b} {means[b]:.1f}, {a} {means[a]:.1f}; {a} - {b} per seed "
-                  f"{statistics.fmean(d):+.1f} (sd {sd:.1f}); {a} lower in {sum(x < 0 for x in d)} of {len(d)} seeds")
+    a, b = "shared", "fresh"  # paired by name, whatever order the arms ran in
+    by = {(r["fakes"], r["seed"]): r for r in rows}
+    for key in ("swd_G", "swd_ema", "best"):
+        d = [by[a, s][key] - by[b, s][key] for s in seeds]
+        sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+        means = {f: statistics.fmean(by[f, s][key] for s in seeds) for f in arms}
+        print(f"  {key:>7}: {b} {means[b]:.1f}, {a} {means[a]:.1f}; {a} - {b} per seed "
+              f"{statistics.fmean(d):+.1f} (sd {sd:.1f}); {a} lower in {sum(x < 0 for x in d)} of {len(d)} seeds")
     return rows
 
 
@@ -130,17 +130,12 @@ def main() -> None:
         args.progress = False  # interleaved bars from several processes are unreadable
 
     results: Dict[Tuple[str, int], dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = [(f, s, str(Path(tmp) / f"{f}_{s}")) for s in seeds for f in arms]
-        if args.jobs > 1:
-            with ProcessPoolExecutor(args.jobs) as pool:
-                for r in pool.map(run, *zip(*[(args, *w) for w in work])):
-                    results[r["fakes"], r["seed"]] = r
-                    print(f"done: seed {r['seed']}, {r['fakes']} fakes", flush=True)
-        else:
-            for w in work:
-                r = run(args, *w)
-                results[r["fakes"], r["seed"]] = r
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = [(args, f, s, str(Path(tmp) / f"{f}_{s}")) for s in seeds for f in arms]
+        mapper = stack.enter_context(ProcessPoolExecutor(args.jobs)).map if args.jobs > 1 else map
+        for r in mapper(run, *zip(*work)):
+            results[r["fakes"], r["seed"]] = r
+            print(f"done: seed {r['seed']}, {r['fakes']} fakes", flush=True)
     rows = report(results, arms, seeds, args)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ def add_run_arguments(ap: argparse.ArgumentParser, iters: int) -> argparse.Argum
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return ap
 
 
@@ -31,7 +32,7 @@ def train_run(args: argparse.Namespace, outdir: Path, **settings) -> List[Dict[s
                 resolution=args.resolution, preset=args.preset, iters=args.iters, batch=args.batch,
                 seed=0, fit_prior_samples=0, snapshot_every=10 ** 9, checkpoint_every=10 ** 9,
                 log_every=args.log_every, device=args.device, threads=args.threads,
-                progress=getattr(args, "progress", True))
+                progress=args.progress)
     train(TrainConfig(**{**base, **settings}))
     with open(outdir / "train_log.csv", newline="") as fh:
         return [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(fh)]
