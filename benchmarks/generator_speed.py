@@ -7,12 +7,18 @@
 Prints, side by side, for each model:
   (a) counted FLOPs per tile of one whole RLS search step (synthesis forward + backward to
       W+, operator, p_w flow, p_cross), with torch.utils.flop_counter;
-  (b) ms per tile per search step and tiles/s (500-step searches) at each batch size;
+  (b) ms per tile per search step (the per-search setup left out) and tiles/s of whole
+      500-step searches (setup included) at each batch size;
   (c) images/s of one full training iteration (G step, D step, R1 every 16 amortised) of
       the model's preset, with D's fakes shared with the G step (`rls train`'s default) and
       fresh (NVlabs' phases; `--fakes`);
   (d) the machine's measured peak: a large float32 matmul and a bfloat16 matmul on the same
-      threads, so every figure is also a fraction of the peak ("% fp32 peak").
+      threads, so every figure is also a fraction of the peak ("% fp32 peak");
+  (e) with `--conv-floor`, the time of the step's convolutions alone (every synthesis layer's
+      convolution, FIR and ToRGB product, forward and adjoint, at the largest batch): what
+      the step would take if nothing else cost anything, the ceiling of (b) on this machine.
+`--backward both` also times the searches with autograd's own layer backward (the reference
+path, `rls_core.generator.reference_backward`) beside the hand-written one that `rls` uses.
 Measure with nothing else running (a background training run halves these figures).
 Figures, not assertions: docs/performance.md holds the targets and the measured values.
 
@@ -23,12 +29,13 @@ and the same script can time an earlier commit (PYTHONPATH=<checkout>).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -144,16 +151,99 @@ def search_step_flops(search, y: torch.Tensor) -> float:
     return fc.total / y.shape[0]
 
 
-def time_search(search, y: torch.Tensor, steps: int) -> float:
-    """Seconds per step (after a warm-up run, which also triggers any compilation)."""
+def time_search(search, y: torch.Tensor, steps: int) -> Tuple[float, float]:
+    """(seconds per step, seconds of per-search setup) after a warm-up run (which also triggers
+    any compilation). A 1-step search is timed too and taken off, so the per-step figure leaves
+    out what a search does once (noise draws, optimiser, final scoring): a 500-step search
+    spreads that over 500 steps, a 5-step timing would not."""
+    def timed(n: int) -> float:
+        if y.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        run_search(search, y, n)
+        if y.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
     run_search(search, y, 2)
-    if y.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    run_search(search, y, steps)
-    if y.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+    one = timed(1)
+    many = timed(steps + 1)
+    per_step = (many - one) / steps
+    if per_step <= 0:  # timing noise larger than the steps (tiny models): no setup split
+        per_step = many / (steps + 1)
+    return per_step, max(one - per_step, 0.0)
+
+
+def conv_floor(G, batch: int, device: str, reps: int = 5) -> float:
+    """Seconds per step of the synthesis network's convolutions alone at `batch`: each layer's
+    3x3 (or transposed 3x3 + 4x4 FIR) convolution and the ToRGB product, forward and adjoint
+    (the input gradient that a search's backward computes), on random channels-last tensors of
+    the layer's shapes. Everything else in a step (modulation, noise, bias, activation, their
+    gradients, the priors, the optimiser) is left out, so this bounds the step from below."""
+    import torch.nn.functional as F
+
+    syn = G.synthesis
+    cl = torch.channels_last
+    ops = []
+    for layer in syn.layers():
+        out_ch, in_ch = layer.weight.shape[:2]
+        r = layer.resolution
+        w = layer.weight.detach()
+        x = torch.randn(batch, in_ch, r // 2 if layer.up else r, r // 2 if layer.up else r,
+                        device=device).contiguous(memory_format=cl)
+        if layer.up:
+            wt = w.transpose(0, 1)
+            fir = torch.full((out_ch, 1, 4, 4), 1 / 16, device=device)
+            y = F.conv_transpose2d(x, wt, stride=2)
+            g = torch.randn(batch, out_ch, r, r, device=device).contiguous(memory_format=cl)
+            ops += [lambda x=x, wt=wt: F.conv_transpose2d(x, wt, stride=2),
+                    lambda y=y, f=fir, c=out_ch: F.conv2d(y, f, padding=1, groups=c),
+                    lambda g=g, f=fir, c=out_ch: F.conv2d(g, f, padding=2, groups=c),
+                    lambda y=y, wt=wt: F.conv2d(y, wt, stride=2)]
+        else:
+            ops += [lambda x=x, w=w: F.conv2d(x, w, padding=1),
+                    lambda x=x, w=w: F.conv_transpose2d(x, w, padding=1)]
+    for res in syn.block_resolutions:  # ToRGB: a per-sample (B, H*W, C) x (B, C, img) product
+        c = getattr(syn, f"b{res}").torgb.weight.shape[1]
+        a = torch.randn(batch, res * res, c, device=device)
+        wr = torch.randn(batch, c, syn.cfg.img_channels, device=device)
+        ops += [lambda a=a, wr=wr: torch.bmm(a, wr),
+                lambda a=a, wr=wr: torch.bmm(a @ wr, wr.transpose(1, 2))]
+    with torch.no_grad():
+        for f in ops:
+            f()
+        best = float("inf")
+        for _ in range(reps):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for f in ops:
+                f()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def backward_context(mode: str):
+    """The context that selects a layer backward path (see `backward_modes`)."""
+    if mode == "reference":
+        try:
+            from rls_core.generator import reference_backward
+        except ImportError:  # older code: autograd's is the only path
+            return contextlib.nullcontext()
+        return reference_backward()
+    return contextlib.nullcontext()
+
+
+def backward_modes(asked: str) -> List[str]:
+    """Layer backward paths to time: 'frozen' (what `rls` uses), 'reference' (autograd's), or
+    both. Code from before the hand-written backward only has the reference."""
+    try:
+        from rls_core.generator import reference_backward  # noqa: F401
+    except ImportError:
+        return ["reference"]
+    return ["frozen", "reference"] if asked == "both" else [asked]
 
 
 def training_iteration(gcfg, batch: int, iters: int, device: str, accel: str = "none",
@@ -249,6 +339,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--fakes", default="all",
                     help="training rows to time, as `rls train --fakes`: shared, fresh, or all (default: all; "
                          "the first printed is rls train's default)")
+    ap.add_argument("--backward", default="frozen", choices=("frozen", "reference", "both"),
+                    help="search rows: the hand-written layer backward that rls uses (frozen), autograd's "
+                         "own (reference), or both")
+    ap.add_argument("--conv-floor", action="store_true",
+                    help="also time the step's convolutions alone at the largest batch (the step's floor)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -295,18 +390,31 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(f"\n{label}: {m.resolution} px, {C} ch, z/w {gcfg.z_dim}, mapping {gcfg.mapping_layers}, "
               f"widths {list(gcfg.channels)}, {nparam / 1e6:.2f} M params; accel {args.accel}")
         print(f"  RLS search step, x{args.factor}: {flops / 1e9:.3f} GFLOP per tile (counted)")
-        print(f"  {'batch':>6} {'ms/tile/step':>13} {'tiles/s (500 steps)':>20} {'GFLOP/s':>9} {'% fp32 peak':>12}")
+        modes = backward_modes(args.backward)
+        print(f"  {'batch':>6} {'ms/tile/step':>13} {'tiles/s (500 steps)':>20} {'GFLOP/s':>9} {'% fp32 peak':>12}"
+              + ("  backward" if len(modes) > 1 else ""))
         rows = []
         for b in args.batches:
             y = torch.rand(b, C, t, t, device=m.device) * 0.5
-            sec = time_search(search, y, args.steps)
-            ms_tile = 1000 * sec / b
-            rate = flops / (ms_tile / 1000) / 1e9
-            rows.append({"batch": b, "ms_per_tile_step": ms_tile, "tiles_per_s_500": b / (sec * 500),
-                         "gflops": rate, "frac_fp32_peak": rate / peak32})
-            print(f"  {b:>6} {ms_tile:>13.2f} {b / (sec * 500):>20.3f} {rate:>9.1f} {100 * rate / peak32:>11.1f}%")
+            for mode in modes:
+                with backward_context(mode):
+                    sec, setup = time_search(search, y, args.steps)
+                ms_tile = 1000 * sec / b
+                rate = flops / (ms_tile / 1000) / 1e9
+                tiles_s = b / (setup + sec * 500)
+                rows.append({"batch": b, "backward": mode, "ms_per_tile_step": ms_tile, "setup_s": setup,
+                             "tiles_per_s_500": tiles_s, "gflops": rate, "frac_fp32_peak": rate / peak32})
+                print(f"  {b:>6} {ms_tile:>13.2f} {tiles_s:>20.3f} {rate:>9.1f} {100 * rate / peak32:>11.1f}%"
+                      + (f"  {mode}" if len(modes) > 1 else ""))
         rec = {"label": label, "config": gcfg.to_dict(), "params": nparam, "gflop_per_tile_step": flops / 1e9,
                "search": rows}
+        if args.conv_floor:
+            b = max(args.batches)
+            ms_tile = 1000 * conv_floor(m.G, b, args.device) / b
+            rate = flops / (ms_tile / 1000) / 1e9
+            rec["conv_floor"] = {"batch": b, "ms_per_tile_step": ms_tile, "frac_fp32_peak_if_free": rate / peak32}
+            print(f"  convolutions alone (batch {b}): {ms_tile:.2f} ms per tile; the step at "
+                  f"{100 * rate / peak32:.1f}% fp32 peak if nothing else took time")
         for fakes in ([] if args.no_train else train_fakes(args.fakes)):
             tr = training_iteration(gcfg, args.train_batch, args.train_iters, args.device, args.accel, fakes)
             rate = tr["flops_per_iter"] / tr["s_per_iter"] / 1e9

@@ -43,10 +43,11 @@ def bench_model(args):
 
 
 def time_search(search, y, steps: int) -> float:
-    """Seconds for `steps` steps (generator_speed.py times one step the same way)."""
+    """Seconds for `steps` steps, per-search setup left out (generator_speed.py times one step
+    the same way)."""
     from generator_speed import time_search as seconds_per_step  # this folder is on sys.path
 
-    return seconds_per_step(search, y, steps) * steps
+    return seconds_per_step(search, y, steps)[0] * steps
 
 
 def main() -> None:

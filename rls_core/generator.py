@@ -11,6 +11,8 @@ strength and added before bias + leaky ReLU (x sqrt 2), optional activation clam
 Modulation is applied to activations instead of weights ("non-fused" modconv): the
 result is identical to grouped convolution up to float rounding and runs one ordinary
 convolution for the whole batch, which is what makes batched latent search fast on CPU.
+In a latent search the weights are frozen, and each layer's backward is written out
+(`FrozenModConv`): the same gradients with fewer full-size passes (docs/performance.md).
 
 Layout (our own names; importers map other layouts onto it):
   mapping.fc{i}.weight/bias, mapping.w_avg
@@ -26,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .presets import PRESET_NAMES, PRESETS
 
@@ -220,12 +223,6 @@ class SynthesisLayer(nn.Module):
         # the bias: lrelu(a) * c == lrelu(a * c) for c > 0. On CPU these layers are bound by
         # memory traffic, so every full-size pass saved counts (docs/performance.md).
         scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() * SQRT2
-        x = x * styles[:, :, None, None]
-        if self.up:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-            x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4.0)
-        else:
-            x = F.conv2d(x, weight, padding=1)
         if not self.use_noise:
             noise = None
         elif noise is None:
@@ -233,17 +230,128 @@ class SynthesisLayer(nn.Module):
                 noise = self.noise_const[None, None]
             elif noise_mode == "random":
                 noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-        bias = (self.bias * SQRT2).to(x.dtype)[None, :, None, None]
-        if noise is not None:  # one pass: x * scale + noise * strength (the bias goes in below)
-            x = torch.addcmul((noise * (self.noise_strength * SQRT2)).to(x.dtype), x,
-                              scale[:, :, None, None].to(x.dtype))
-            x = x.add_(bias)
-        else:
-            x = torch.addcmul(bias, x, scale[:, :, None, None].to(x.dtype))
-        x = F.leaky_relu_(x, 0.2)
+        nterm = (noise * (self.noise_strength * SQRT2)).to(x.dtype) if noise is not None else None
+        bias = (self.bias * SQRT2).to(x.dtype)
+        filt = self.resample_filter if self.up else None
+        if self.conv_clamp is None and _frozen_layer_search(x, self, nterm):
+            return FrozenModConv.apply(x, styles, scale, weight, nterm, bias, filt)
+        x = _demod_noise_act(_modulated_conv(x, styles, weight, filt), scale, nterm, bias)
         if self.conv_clamp is not None:  # after the gain, at +-conv_clamp (as NVlabs' bias_act)
             x = x.clamp_(-self.conv_clamp, self.conv_clamp)
         return x
+
+
+def _modulated_conv(x: torch.Tensor, styles: torch.Tensor, weight: torch.Tensor,
+                    filt: Optional[torch.Tensor]) -> torch.Tensor:
+    """Modulate the input channels, then the 3x3 conv (or, when `filt` is given, the 2x
+    transposed conv and the FIR that follows it)."""
+    x = x * styles[:, :, None, None]
+    if filt is not None:
+        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        return upfirdn2d(x, filt, pad=(1, 1, 1, 1), gain=4.0)
+    return F.conv2d(x, weight, padding=1)
+
+
+def _demod_noise_act(x: torch.Tensor, scale: torch.Tensor, nterm: Optional[torch.Tensor],
+                     bias: torch.Tensor) -> torch.Tensor:
+    """Demodulate (the per-sample, per-channel scale), add noise and bias, leaky ReLU; `x` is
+    left as it is (the hand-written backward needs it)."""
+    s = scale[:, :, None, None].to(x.dtype)
+    if nterm is not None:  # one pass: x * scale + noise * strength (the bias goes in below)
+        x = torch.addcmul(nterm, x, s).add_(bias[None, :, None, None])
+    else:
+        x = torch.addcmul(bias[None, :, None, None], x, s)
+    return F.leaky_relu_(x, 0.2)
+
+
+# ----------------------------------------------------------------------------- search backward
+
+# Below this many output elements a layer keeps autograd's backward: the hand-written one
+# saves full-size passes, but its Python costs ~0.07 ms per layer and step, more than the
+# passes save on small activations (at batch 1 it made the search step ~7 % slower).
+FROZEN_MIN_ELEMENTS = 1 << 18
+
+
+def _frozen_layer_search(x: torch.Tensor, layer: "SynthesisLayer", nterm: Optional[torch.Tensor]) -> bool:
+    """True where a layer uses `FrozenModConv`: gradients are wanted (for the latent only: none
+    of the layer's weights and no noise input train), the activations are large enough for it
+    to pay, and neither autocast nor torch.compile is tracing. Latent searches meet this at
+    their default batch; training and PULSE's noise search do not."""
+    if not _SEARCH_BACKWARD[0] or not torch.is_grad_enabled():
+        return False
+    if x.shape[0] * layer.weight.shape[0] * layer.resolution ** 2 < FROZEN_MIN_ELEMENTS:
+        return False
+    if any(p.requires_grad for p in layer.parameters()) or (nterm is not None and nterm.requires_grad):
+        return False
+    if _compiling() or _autocast_enabled(x.device.type):
+        return False
+    return True
+
+
+def _compiling() -> bool:
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+# Switch for tests and benchmarks (`reference_backward()`); the hand-written path is the default.
+_SEARCH_BACKWARD = [True]
+
+
+class reference_backward:
+    """Context manager: synthesis layers use autograd's own backward (the reference) instead of
+    `FrozenModConv`'s. Both give the same gradients up to float rounding (tests/test_generator.py)."""
+
+    def __enter__(self) -> "reference_backward":
+        self._old = _SEARCH_BACKWARD[0]
+        _SEARCH_BACKWARD[0] = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _SEARCH_BACKWARD[0] = self._old
+
+
+class FrozenModConv(torch.autograd.Function):
+    """A synthesis layer (`_modulated_conv`, `_demod_noise_act`) whose backward is written
+    out, for latent searches.
+
+    The forward is the same arithmetic as the reference path (bit for bit). The backward returns
+    gradients for the layer's input, styles and demodulation scale only (the weights, bias and
+    noise are frozen during a search) and makes fewer full-size passes than autograd's chain:
+    no product with addcmul's unit value, the scale and style products in place, and the
+    FIR's adjoint as a forward convolution (oneDNN's depthwise backward ran ~2x slower).
+    Not twice differentiable (no search needs that).
+    """
+
+    @staticmethod
+    def forward(ctx, x, styles, scale, weight, nterm, bias, filt):  # type: ignore[override]
+        pre = _modulated_conv(x, styles, weight, filt)
+        out = _demod_noise_act(pre, scale, nterm, bias)
+        ctx.save_for_backward(x, styles, scale, weight, pre, out, filt)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, styles, scale, weight, pre, out, filt = ctx.saved_tensors
+        g = torch.ops.aten.leaky_relu_backward(grad, out, 0.2, True)  # sign(out) == sign(input)
+        grad_scale = (g * pre).sum((2, 3)) if ctx.needs_input_grad[2] else None
+        g = g.mul_(scale[:, :, None, None].to(g.dtype))
+        if filt is not None:
+            # Adjoint of the FIR (a 4x4 correlation, pad 1): the flipped filter, pad 2.
+            g = upfirdn2d(g, filt.flip([0, 1]), pad=(2, 2, 2, 2), gain=4.0)
+            g = F.conv2d(g, weight.transpose(0, 1), stride=2)  # adjoint of the transposed conv
+        else:
+            g = F.conv_transpose2d(g, weight, padding=1)
+        grad_styles = (g * x).sum((2, 3)) if ctx.needs_input_grad[1] else None
+        grad_x = g.mul_(styles[:, :, None, None]) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_styles, grad_scale, None, None, None, None
 
 
 class ToRGB(nn.Module):
@@ -261,11 +369,12 @@ class ToRGB(nn.Module):
         styles = self.affine(w) * self.weight_gain
         # A 1x1 conv with a per-sample weight is a batched matmul over the pixels: one pass
         # over x instead of modulating x first. With channels-last activations the
-        # (B, H*W, C) view below is free.
+        # (B, H*W, C) view below is free. (baddbmm with the broadcast bias ran ~5x slower on
+        # CPU than bmm and an in-place add on the few output channels.)
         b, c, h, wd = x.shape
         weight = self.weight[:, :, 0, 0][None] * styles[:, None, :]  # (B, out, in)
-        x = torch.baddbmm(self.bias.to(x.dtype)[None, None, :], x.permute(0, 2, 3, 1).reshape(b, h * wd, c),
-                          weight.transpose(1, 2).to(x.dtype))
+        x = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * wd, c), weight.transpose(1, 2).to(x.dtype))
+        x = x.add_(self.bias.to(x.dtype))
         x = x.reshape(b, h, wd, -1).permute(0, 3, 1, 2)
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)

@@ -33,6 +33,36 @@ def test_generator_speed_counts_and_times_a_search_step(tiny_model_path):
     assert "GFLOP per tile (counted)" in out and "% fp32 peak" in out
 
 
+def test_generator_speed_times_both_layer_backwards_and_the_convolution_floor(tiny_model_path, tmp_path):
+    """`--backward both` gives one row per layer backward path at each batch; `--conv-floor`
+    times the convolutions alone at the largest batch."""
+    bench = load_script(BENCH / "generator_speed.py", "generator_speed")
+    out = bench.main(["--model", str(tiny_model_path), "--preset", "tiny", "--factor", "8", "--batches", "1", "2",
+                      "--steps", "2", "--no-train", "--backward", "both", "--conv-floor"])
+    for rec in out["models"]:
+        rows = rec["search"]
+        assert [(r["batch"], r["backward"]) for r in rows] == [(1, "frozen"), (1, "reference"),
+                                                              (2, "frozen"), (2, "reference")]
+        assert all(r["ms_per_tile_step"] > 0 and r["setup_s"] >= 0 for r in rows)
+        floor = rec["conv_floor"]
+        assert floor["batch"] == 2
+        assert floor["ms_per_tile_step"] > 0 and floor["frac_fp32_peak_if_free"] > 0
+
+
+def test_search_step_ops_times_the_operations_of_a_step(tiny_model_path):
+    """Every aten operation of the steps is timed and grouped; the per-search setup (one noise
+    draw per tile and layer) is taken off with a 1-step search."""
+    bench = load_script(BENCH / "search_step_ops.py", "search_step_ops")
+    out = bench.main(["--model", str(tiny_model_path), "--factor", "8", "--batch", "2", "--steps", "2",
+                      "--top", "3", "--backward", "reference"])
+    assert out["step_s"] > 0 and out["ops_s"] > 0
+    names = {o["op"] for o in out["ops"]}
+    assert {"convolution", "leaky_relu_backward", "addcmul"} <= names
+    randn = [o for o in out["ops"] if o["op"] == "randn"]  # the noise maps: drawn once per search
+    assert all(abs(o["calls_per_step"]) < 1e-9 for o in randn)
+    assert any(k.endswith(" px") for k in out["by_resolution_s"])
+
+
 def test_scale_out_compares_in_process_with_a_local_cluster(tiny_model_path):
     """Real `rls super-resolve` runs (in-process, 2 shards at once, a 2-worker LocalCluster) on
     simulated fields: the same SR pixels, and a projection that follows from the measured cost."""

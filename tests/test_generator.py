@@ -130,3 +130,75 @@ def test_bad_configs():
         G.synthesis(torch.zeros(1, 3, G.cfg.w_dim))
     with pytest.raises(ValueError, match="noise_mode"):
         G.synthesis(torch.zeros(1, G.num_ws, G.cfg.w_dim), noise_mode="loud")
+
+
+def _frozen_generator(channels, noise_min_res=4, dtype=torch.float64):
+    """A small generator with trained-looking noise strengths, frozen as a search loads it."""
+    torch.manual_seed(1)
+    cfg = GeneratorConfig(32, 2, 16, 16, 2, channels, noise_min_res=noise_min_res)
+    G = Generator(cfg).eval().to(dtype)
+    with torch.no_grad():
+        for layer in G.synthesis.layers():
+            layer.noise_strength.fill_(0.3)
+            layer.bias.normal_()
+    return G.requires_grad_(False)
+
+
+@pytest.mark.parametrize("noise", ["per-tile", "const", "coarse-free"])
+@pytest.mark.parametrize("channels", [(40, 36, 8, 4), (8, 8, 4, 2)])
+def test_frozen_backward_equals_autograd(noise, channels, monkeypatch):
+    """The searches' hand-written layer backward (FrozenModConv) gives autograd's image and W+
+    gradients: float64, up and plain layers, noise per tile, shared or only at fine layers."""
+    from rls_core import generator
+    from rls_core.generator import reference_backward
+
+    monkeypatch.setattr(generator, "FROZEN_MIN_ELEMENTS", 0)  # every layer, however small
+
+    G = _frozen_generator(channels, noise_min_res=16 if noise == "coarse-free" else 4)
+    syn = G.synthesis
+    ws0 = torch.randn(3, G.num_ws, 16, dtype=torch.float64)
+    maps = [torch.randn(3, 1, r, r, dtype=torch.float64) for r, _ in syn.noise_shapes()] if noise == "per-tile" else None
+    target = torch.randn(3, 2, 32, 32, dtype=torch.float64)
+
+    def run():
+        ws = ws0.clone().requires_grad_(True)
+        img = syn(ws, noise=maps)
+        ((img - target).abs().sum() + img.square().mean()).backward()
+        return img.detach(), ws.grad
+
+    img, grad = run()
+    with reference_backward():
+        img_ref, grad_ref = run()
+    assert torch.equal(img, img_ref)  # the same forward arithmetic
+    assert torch.allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+def _grad_fn_name(layer, x, w, **kw):
+    return type(layer(x, w, **kw).grad_fn).__name__
+
+
+def test_frozen_backward_only_where_a_search_uses_it(monkeypatch):
+    """FrozenModConv stands in only when nothing but the latent (and the layer input) wants a
+    gradient and the layer is large enough; training, PULSE's trainable noise, autocast and
+    no-grad runs keep autograd."""
+    from rls_core import generator
+    from rls_core.generator import reference_backward
+
+    G = _frozen_generator((8, 8, 4, 2), dtype=torch.float32)
+    layer = G.synthesis.b16.conv0  # 4 channels at 16 px
+    x = torch.randn(2, 8, 8, 8)
+    w = torch.randn(2, 16, requires_grad=True)
+    monkeypatch.setattr(generator, "FROZEN_MIN_ELEMENTS", 2 * 4 * 16 * 16 + 1)
+    assert _grad_fn_name(layer, x, w) != "FrozenModConvBackward"  # too small to pay
+    monkeypatch.setattr(generator, "FROZEN_MIN_ELEMENTS", 2 * 4 * 16 * 16)
+    assert _grad_fn_name(layer, x, w) == "FrozenModConvBackward"
+    with reference_backward():
+        assert _grad_fn_name(layer, x, w) != "FrozenModConvBackward"
+    noise = torch.randn(2, 1, 16, 16, requires_grad=True)  # PULSE searches the noise maps too
+    assert _grad_fn_name(layer, x, w, noise=noise) != "FrozenModConvBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _grad_fn_name(layer, x, w) != "FrozenModConvBackward"
+    with torch.no_grad():
+        assert layer(x, w).grad_fn is None
+    layer.weight.requires_grad_(True)  # training: the weights learn
+    assert _grad_fn_name(layer, x, w) != "FrozenModConvBackward"
