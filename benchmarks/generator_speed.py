@@ -146,7 +146,9 @@ def run_search(search, y: torch.Tensor, steps: int):
 
 
 def search_step_flops(search, y: torch.Tensor) -> float:
-    with FlopCount() as fc:
+    """Counted FLOPs per tile of one step, on autograd's layer backward (the reference path's
+    arithmetic: what "% fp32 peak" credits, whichever path is timed)."""
+    with backward_context("reference"), FlopCount() as fc:
         run_search(search, y, 1)
     return fc.total / y.shape[0]
 
@@ -201,14 +203,16 @@ def conv_floor(G, batch: int, device: str, reps: int = 5) -> float:
                     lambda g=g, f=fir, c=out_ch: F.conv2d(g, f, padding=2, groups=c),
                     lambda y=y, wt=wt: F.conv2d(y, wt, stride=2)]
         else:
+            g = torch.randn(batch, out_ch, r, r, device=device).contiguous(memory_format=cl)
             ops += [lambda x=x, w=w: F.conv2d(x, w, padding=1),
-                    lambda x=x, w=w: F.conv_transpose2d(x, w, padding=1)]
+                    lambda g=g, w=w: F.conv_transpose2d(g, w, padding=1)]
     for res in syn.block_resolutions:  # ToRGB: a per-sample (B, H*W, C) x (B, C, img) product
         c = getattr(syn, f"b{res}").torgb.weight.shape[1]
         a = torch.randn(batch, res * res, c, device=device)
         wr = torch.randn(batch, c, syn.cfg.img_channels, device=device)
+        gi = torch.randn(batch, res * res, syn.cfg.img_channels, device=device)
         ops += [lambda a=a, wr=wr: torch.bmm(a, wr),
-                lambda a=a, wr=wr: torch.bmm(a @ wr, wr.transpose(1, 2))]
+                lambda gi=gi, wr=wr: torch.bmm(gi, wr.transpose(1, 2))]
     with torch.no_grad():
         for f in ops:
             f()

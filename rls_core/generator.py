@@ -21,9 +21,11 @@ Layout (our own names; importers map other layouts onto it):
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -223,22 +225,34 @@ class SynthesisLayer(nn.Module):
         # the bias: lrelu(a) * c == lrelu(a * c) for c > 0. On CPU these layers are bound by
         # memory traffic, so every full-size pass saved counts (docs/performance.md).
         scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() * SQRT2
+        filt = self.resample_filter if self.up else None
+        if self.conv_clamp is None and _frozen_layer_search(x, self, noise):
+            # No autocast here (see _frozen_layer_search), so x's dtype is the conv output's.
+            return FrozenModConv.apply(x, styles, scale, weight, self._noise_term(noise, noise_mode, x),
+                                       (self.bias * SQRT2).to(x.dtype), filt)
+        x = _modulated_conv(x, styles, weight, filt)
+        # Noise and bias in the conv output's dtype (bfloat16 under autocast).
+        x = _demod_noise_act(x, scale, self._noise_term(noise, noise_mode, x), (self.bias * SQRT2).to(x.dtype))
+        if self.conv_clamp is not None:  # after the gain, at +-conv_clamp (as NVlabs' bias_act)
+            # Not in place: leaky_relu_ saved its output for the backward.
+            x = x.clamp(-self.conv_clamp, self.conv_clamp)
+        return x
+
+    def _noise_term(self, noise: Optional[torch.Tensor], noise_mode: str,
+                    like: torch.Tensor) -> Optional[torch.Tensor]:
+        """noise * strength * sqrt(2) in `like`'s dtype (None: no noise), from `noise` or else
+        `noise_mode`; random draws are (batch, 1, r, r) on `like`'s device."""
         if not self.use_noise:
-            noise = None
-        elif noise is None:
+            return None
+        if noise is None:
             if noise_mode == "const":
                 noise = self.noise_const[None, None]
             elif noise_mode == "random":
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-        nterm = (noise * (self.noise_strength * SQRT2)).to(x.dtype) if noise is not None else None
-        bias = (self.bias * SQRT2).to(x.dtype)
-        filt = self.resample_filter if self.up else None
-        if self.conv_clamp is None and _frozen_layer_search(x, self, nterm):
-            return FrozenModConv.apply(x, styles, scale, weight, nterm, bias, filt)
-        x = _demod_noise_act(_modulated_conv(x, styles, weight, filt), scale, nterm, bias)
-        if self.conv_clamp is not None:  # after the gain, at +-conv_clamp (as NVlabs' bias_act)
-            x = x.clamp_(-self.conv_clamp, self.conv_clamp)
-        return x
+                noise = torch.randn(like.shape[0], 1, self.resolution, self.resolution, device=like.device,
+                                    dtype=like.dtype)
+            else:
+                return None
+        return (noise * (self.noise_strength * SQRT2)).to(like.dtype)
 
 
 def _modulated_conv(x: torch.Tensor, styles: torch.Tensor, weight: torch.Tensor,
@@ -272,16 +286,16 @@ def _demod_noise_act(x: torch.Tensor, scale: torch.Tensor, nterm: Optional[torch
 FROZEN_MIN_ELEMENTS = 1 << 18
 
 
-def _frozen_layer_search(x: torch.Tensor, layer: "SynthesisLayer", nterm: Optional[torch.Tensor]) -> bool:
+def _frozen_layer_search(x: torch.Tensor, layer: "SynthesisLayer", noise: Optional[torch.Tensor]) -> bool:
     """True where a layer uses `FrozenModConv`: gradients are wanted (for the latent only: none
-    of the layer's weights and no noise input train), the activations are large enough for it
-    to pay, and neither autocast nor torch.compile is tracing. Latent searches meet this at
-    their default batch; training and PULSE's noise search do not."""
-    if not _SEARCH_BACKWARD[0] or not torch.is_grad_enabled():
+    of the layer's weights and not its noise input train), the activations are large enough
+    for it to pay, and neither autocast nor torch.compile is tracing. Latent searches meet this
+    at their default batch; training does not, nor do the layers whose noise maps PULSE searches."""
+    if not _SEARCH_BACKWARD.get() or not torch.is_grad_enabled():
         return False
     if x.shape[0] * layer.weight.shape[0] * layer.resolution ** 2 < FROZEN_MIN_ELEMENTS:
         return False
-    if any(p.requires_grad for p in layer.parameters()) or (nterm is not None and nterm.requires_grad):
+    if any(p.requires_grad for p in layer.parameters()) or (noise is not None and noise.requires_grad):
         return False
     if _compiling() or _autocast_enabled(x.device.type):
         return False
@@ -289,7 +303,10 @@ def _frozen_layer_search(x: torch.Tensor, layer: "SynthesisLayer", nterm: Option
 
 
 def _compiling() -> bool:
+    """True while torch.compile traces (torch.compiler from 2.3, torch._dynamo before)."""
     fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if fn is None:
+        fn = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
     return bool(fn()) if fn is not None else False
 
 
@@ -301,20 +318,20 @@ def _autocast_enabled(device_type: str) -> bool:
 
 
 # Switch for tests and benchmarks (`reference_backward()`); the hand-written path is the default.
-_SEARCH_BACKWARD = [True]
+# A context variable, so that switching it in one thread leaves searches in other threads alone.
+_SEARCH_BACKWARD: "contextvars.ContextVar[bool]" = contextvars.ContextVar("rls_search_backward", default=True)
 
 
-class reference_backward:
-    """Context manager: synthesis layers use autograd's own backward (the reference) instead of
-    `FrozenModConv`'s. Both give the same gradients up to float rounding (tests/test_generator.py)."""
-
-    def __enter__(self) -> "reference_backward":
-        self._old = _SEARCH_BACKWARD[0]
-        _SEARCH_BACKWARD[0] = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _SEARCH_BACKWARD[0] = self._old
+@contextlib.contextmanager
+def reference_backward() -> Iterator[None]:
+    """Synthesis layers use autograd's own backward (the reference) instead of `FrozenModConv`'s,
+    in this thread, inside the `with` block. Both give the same gradients up to float rounding
+    (tests/test_generator.py); the reference also allows double backward and torch.func."""
+    token = _SEARCH_BACKWARD.set(False)
+    try:
+        yield
+    finally:
+        _SEARCH_BACKWARD.reset(token)
 
 
 class FrozenModConv(torch.autograd.Function):
@@ -326,7 +343,8 @@ class FrozenModConv(torch.autograd.Function):
     noise are frozen during a search) and makes fewer full-size passes than autograd's chain:
     no product with addcmul's unit value, the scale and style products in place, and the
     FIR's adjoint as a forward convolution (oneDNN's depthwise backward ran ~2x slower).
-    Not twice differentiable (no search needs that).
+    Not twice differentiable and without torch.func rules (no search needs either); where
+    something does, `reference_backward()` restores autograd's path.
     """
 
     @staticmethod

@@ -33,9 +33,12 @@ def test_generator_speed_counts_and_times_a_search_step(tiny_model_path):
     assert "GFLOP per tile (counted)" in out and "% fp32 peak" in out
 
 
-def test_generator_speed_times_both_layer_backwards_and_the_convolution_floor(tiny_model_path, tmp_path):
+def test_generator_speed_times_both_layer_backwards_and_the_convolution_floor(tiny_model_path, monkeypatch):
     """`--backward both` gives one row per layer backward path at each batch; `--conv-floor`
     times the convolutions alone at the largest batch."""
+    from rls_core import generator
+
+    monkeypatch.setattr(generator, "FROZEN_MIN_ELEMENTS", 0)  # the tiny model's layers are all small
     bench = load_script(BENCH / "generator_speed.py", "generator_speed")
     out = bench.main(["--model", str(tiny_model_path), "--preset", "tiny", "--factor", "8", "--batches", "1", "2",
                       "--steps", "2", "--no-train", "--backward", "both", "--conv-floor"])

@@ -144,33 +144,64 @@ def _frozen_generator(channels, noise_min_res=4, dtype=torch.float64):
     return G.requires_grad_(False)
 
 
+def _graph_nodes(t: torch.Tensor) -> set:
+    """Names of the autograd nodes behind `t`."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(type(f).__name__)
+        todo.extend(g for g, _ in f.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("noise", ["per-tile", "const", "coarse-free"])
 @pytest.mark.parametrize("channels", [(40, 36, 8, 4), (8, 8, 4, 2)])
-def test_frozen_backward_equals_autograd(noise, channels, monkeypatch):
+def test_frozen_backward_equals_autograd(noise, channels, dtype, rtol, monkeypatch):
     """The searches' hand-written layer backward (FrozenModConv) gives autograd's image and W+
-    gradients: float64, up and plain layers, noise per tile, shared or only at fine layers."""
+    gradients: up and plain layers, noise per tile, shared or only at fine layers."""
     from rls_core import generator
     from rls_core.generator import reference_backward
 
     monkeypatch.setattr(generator, "FROZEN_MIN_ELEMENTS", 0)  # every layer, however small
-
-    G = _frozen_generator(channels, noise_min_res=16 if noise == "coarse-free" else 4)
+    G = _frozen_generator(channels, noise_min_res=16 if noise == "coarse-free" else 4, dtype=dtype)
     syn = G.synthesis
-    ws0 = torch.randn(3, G.num_ws, 16, dtype=torch.float64)
-    maps = [torch.randn(3, 1, r, r, dtype=torch.float64) for r, _ in syn.noise_shapes()] if noise == "per-tile" else None
-    target = torch.randn(3, 2, 32, 32, dtype=torch.float64)
+    ws0 = torch.randn(3, G.num_ws, 16, dtype=dtype)
+    maps = [torch.randn(3, 1, r, r, dtype=dtype) for r, _ in syn.noise_shapes()] if noise == "per-tile" else None
+    target = torch.randn(3, 2, 32, 32, dtype=dtype)
 
     def run():
         ws = ws0.clone().requires_grad_(True)
         img = syn(ws, noise=maps)
         ((img - target).abs().sum() + img.square().mean()).backward()
-        return img.detach(), ws.grad
+        return img.detach(), ws.grad, _graph_nodes(img)
 
-    img, grad = run()
+    img, grad, nodes = run()
     with reference_backward():
-        img_ref, grad_ref = run()
+        img_ref, grad_ref, nodes_ref = run()
+    assert "FrozenModConvBackward" in nodes and "FrozenModConvBackward" not in nodes_ref
     assert torch.equal(img, img_ref)  # the same forward arithmetic
-    assert torch.allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(grad, grad_ref, rtol=rtol, atol=rtol * grad_ref.abs().max().item())
+
+
+def test_layers_keep_autocast_dtype_and_clamped_layers_backpropagate():
+    """Under bf16 autocast a layer's noise, bias and output stay in the conv's dtype (as before
+    the hand-written backward); a layer with conv_clamp (NVlabs imports) can be searched through."""
+    G = _frozen_generator((8, 8, 4, 2), dtype=torch.float32)
+    layer = G.synthesis.b16.conv0
+    x = torch.randn(2, 8, 8, 8)
+    w = torch.randn(2, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x, w).dtype == torch.bfloat16
+        assert layer(x, w, noise_mode="random").dtype == torch.bfloat16
+    layer.conv_clamp = 0.5
+    y = layer(x, w)
+    assert y.abs().max() <= 0.5
+    y.sum().backward()  # a clamp in place would have changed leaky_relu_'s saved output
+    assert w.grad is not None and torch.isfinite(w.grad).all()
 
 
 def _grad_fn_name(layer, x, w, **kw):
