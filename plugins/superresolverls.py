@@ -559,6 +559,8 @@ mismatched image, NaN pixels, a search that broke down).
         return self.channels[:n]
 
     def method_name(self) -> str:
+        """The library's name of the chosen method; an unknown label (a hand-edited .cppipe) is
+        refused by `check_numbers`, never silently replaced."""
         return METHODS.get(self.method.value, "rls")
 
     def output_names(self) -> List[str]:
@@ -636,6 +638,9 @@ mismatched image, NaN pixels, a search that broke down).
             if not (low <= value <= high):  # also refuses NaN
                 raise ValidationError("'%s' must be between %s and %s, got %s." % (setting.text, low, high, text),
                                       setting)
+        if self.method.value not in METHODS:
+            raise ValidationError("'%s' must be one of %s, got '%s'." % (
+                self.method.text, ", ".join(METHODS), self.method.value), self.method)
 
     def validate_module(self, pipeline) -> None:
         self.check_numbers()
@@ -652,6 +657,11 @@ mismatched image, NaN pixels, a search that broke down).
             import_rls_core()
         except ImportError as e:
             raise ValidationError(str(e), self.model_choice)
+        self.check_model_settings()
+
+    def check_model_settings(self) -> None:
+        """The checks that need the model file: it loads, and the channels, factor, weights and
+        overlap fit it. Raises ValidationError naming the setting."""
         from rls_core.bundle import BundleError
 
         model_setting = self.model_file if self.model_choice.value == CUSTOM_MODEL else self.model_choice
@@ -700,8 +710,9 @@ mismatched image, NaN pixels, a search that broke down).
             import_rls_core()
         except ImportError as e:
             raise RuntimeError(str(e)) from None
-        try:
+        try:  # the GUI's checks again (headless runs skip validate_module); model_info is cached
             self.check_numbers()
+            self.check_model_settings()
         except ValidationError as e:  # a bad setting fails every image set: always stop
             raise ValueError("SuperResolveRLS: %s" % e.message) from None
         from rls_core.bundle import BundleError
@@ -775,8 +786,9 @@ mismatched image, NaN pixels, a search that broke down).
 
         method = self.method_name()
         device = resolve_device(DEVICES[self.device.value])  # DeviceError: stops the run (not this set's fault)
-        if device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(float(self.gpu_memory_share.value), device)
+        if device.type == "cuda":  # the call needs an index; "cuda" alone means the current device
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.set_per_process_memory_fraction(float(self.gpu_memory_share.value), index)
         else:
             share_cpu_between_workers(torch)
 

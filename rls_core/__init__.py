@@ -1,2 +1,2 @@
 """SuperResolveRLS core library."""
-__version__ = "0.4.4"
+__version__ = "0.4.5"

@@ -18,7 +18,8 @@ import torch
 from .accel import DEFAULT_ACCEL
 from .cpu_alloc import release_free_memory
 from .errors import InputError, SearchError
-from .intensity import IntensityRange, check_range, dtype_notes, intensity_warnings, to_full_scale
+from .intensity import (IntensityRange, check_range, dtype_notes, intensity_warnings, range_warnings,
+                        to_full_scale)
 from .methods import DEFAULT_METHOD, get_method, valid_factors
 from .model import LoadedModel, load_model
 from .reconstruct import iter_reconstruct, make_reconstructor
@@ -118,7 +119,7 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, batch_
     if mask is not None and np.shape(mask) != (h, w):
         raise InputError(f"the mask is {'x'.join(map(str, np.shape(mask)))} px but the image is {h}x{w}; "
                          "give a mask of the LR image's size")
-    return lr_img, notes + intensity_warnings(lr_img, m.channel_names)
+    return lr_img, notes + intensity_warnings(lr_img, m.channel_names) + range_warnings(lr_img, m.channel_names, m.high)
 
 
 def _prepare(m: LoadedModel, lr_img: np.ndarray, factor: int, overlap: Optional[int], name: str,
@@ -231,6 +232,9 @@ def super_resolve(image: ImageLike, model: Union[str, Path, LoadedModel] = DEFAU
                           "check the model (`rls info`; a damaged prior is one cause) or lower --lr / the weights")
     result = _assemble(m, prep, blender, recon.operator, n_conv / max(len(prep.index) * samples, 1),
                        time.perf_counter() - t0, method, factor, settings)
+    if mask is not None and not prep.index:
+        warnings = warnings + ["the mask covers no pixel of the field: nothing was super-resolved and the "
+                               "output is blank (LR PSNR NaN)"]
     result.warnings = warnings
     return result
 
@@ -257,8 +261,9 @@ def _assemble(m: LoadedModel, prep: _Prepared, blender: Blender, op, converged_f
 
 def field_lr_psnr(op, hr_unit: np.ndarray, lr_unit: np.ndarray, device, mask: Optional[np.ndarray] = None,
                   strip: int = 32) -> float:
-    """PSNR of D(SR) against the LR input over the whole field, computed in LR-row strips
-    (with a margin covering the operator's support) so memory stays bounded."""
+    """PSNR of D(SR) against the LR input over the whole field (inside `mask`; NaN where the
+    mask is empty), computed in LR-row strips (with a margin covering the operator's support)
+    so memory stays bounded."""
     f = op.factor
     h = lr_unit.shape[1]
     margin = 2  # LR rows of context each side: the antialiased bicubic kernel spans 4 LR px
@@ -275,5 +280,7 @@ def field_lr_psnr(op, hr_unit: np.ndarray, lr_unit: np.ndarray, device, mask: Op
             diff = diff[:, sel]
         se += float(np.square(diff, dtype=np.float64).sum())
         count += diff.size
-    mse = se / max(count, 1)
+    if count == 0:  # an empty mask: nothing was fitted, so there is no consistency to report
+        return float("nan")
+    mse = se / count
     return float(10.0 * np.log10(1.0 / max(mse, 1e-12)))

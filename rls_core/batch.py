@@ -145,6 +145,14 @@ def model_sha256_of(model) -> str:
     return file_sha256(Path(path)) if path and Path(path).is_file() else "unknown"
 
 
+def _writes_std(opts: BatchOptions) -> bool:
+    """Whether a field's run writes an uncertainty image (several samples of a search; a method
+    without a search, bicubic, always draws one)."""
+    from .methods import get_method
+
+    return opts.samples > 1 and get_method(opts.method).search is not None
+
+
 def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
               ) -> Dict[str, Any]:
     """Read, check, super-resolve and write one field; its summary row. A problem of this field
@@ -162,7 +170,7 @@ def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print
         if job.skip_existing and settings is not None:
             done = read_tiff_info(sr_path)
             if done is not None and done.get("settings") == settings and \
-                    (opts.samples <= 1 or std_path.is_file()):
+                    (not _writes_std(opts) or std_path.is_file()):
                 row.update(done.get("result", {}), status=SKIPPED, reason="done with the same settings",
                            output=str(sr_path))
                 log(f"  {spec.stem}: skipped (done with the same settings)")
@@ -188,8 +196,13 @@ def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print
             f"{100 * res.converged_fraction:.0f}% tiles converged, {res.seconds:.1f} s")
         for w in warnings:
             log(f"  {spec.stem}: WARNING: {w}")
-    except (ValueError, RuntimeError, OSError) as e:  # one bad field never stops or corrupts the others
-        reason = str(e) if not isinstance(e, OSError) else f"cannot write the output ({e.strerror or e})"
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:  # one bad field never stops the others
+        if isinstance(e, MemoryError):  # e.g. a very large field at 32x: the others may still fit
+            reason = "out of memory (split the field, or run it on a machine with more memory)"
+        elif isinstance(e, OSError):
+            reason = f"cannot write the output ({e.strerror or e})"
+        else:
+            reason = str(e)
         row.update(status=FAILED, reason=reason, seconds=f"{time.perf_counter() - t0:.2f}", output="")
         log(f"  {spec.stem}: FAILED: {reason}")
     return row

@@ -181,12 +181,29 @@ def save_bundle(bundle: ModelBundle, path: PathLike, half: bool = False) -> Path
     is far below what training changes; keep float32 (the default) for imported models, whose
     outputs must match upstream exactly. Latent statistics always stay float32.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise BundleError(path, "cannot write the model here: this is a folder", "give the path of a .h5 file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a folder should be
+        raise BundleError(path, f"cannot write the model: {e.strerror or e} ({path.parent})",
+                          "give a path in a folder that exists or can be made") from None
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_bundle_file(bundle, tmp, half)
+    except BaseException:  # a failed write leaves no .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    bundle.path = path
+    return path
+
+
+def _write_bundle_file(bundle: ModelBundle, tmp: Path, half: bool) -> None:
     import h5py
     from . import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as h5:
         h5.attrs["format"] = FORMAT_NAME
         h5.attrs["format_version"] = FORMAT_VERSION
@@ -210,9 +227,6 @@ def save_bundle(bundle: ModelBundle, path: PathLike, half: bool = False) -> Path
                     g.attrs["config"] = json.dumps(bundle.flow_config)
                     texts["flow_config"] = g.attrs["config"]
         h5.attrs["content_sha256"] = content_sha256(groups, texts)
-    tmp.replace(path)
-    bundle.path = path
-    return path
 
 
 def load_bundle(path: PathLike) -> ModelBundle:

@@ -119,9 +119,10 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     from .batch import (FAILED, NOT_RUN, OK, SKIPPED, WARNING, BatchOptions, parse_shard, prepare_output, run_batch,
                         shard, summary_name)
     from .intensity import parse_intensity_range
-    from .io import plan_fields
+    from .io import is_sr_output, plan_fields
     from .model import load_model
     from .reconstruct import make_reconstructor
+    from .tiling import check_overlap
 
     model = load_model(args.model, args.device, accel=args.accel)
     opts = BatchOptions(method=args.method, factor=args.factor, steps=args.steps, learning_rate=args.lr,
@@ -130,16 +131,29 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
                         operator=args.operator, refine_steps=args.refine_steps,
                         intensity_range=parse_intensity_range(args.intensity_range))
     # Settings that no field could run with stop here (exit 2), before any output is written.
-    check_factor(model, opts.factor)
+    tile = check_factor(model, opts.factor)
+    if opts.overlap is not None:
+        try:
+            check_overlap(opts.overlap, tile)
+        except ValueError as e:
+            raise InputError(f"--overlap: {e}", "leave --overlap out for the default (a quarter of a tile)") from None
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples, realism=opts.realism,
                            weights=opts.weights, p_w=opts.p_w, steps=opts.steps, learning_rate=opts.learning_rate,
                            refine_steps=opts.refine_steps)
     except ValueError as e:
         raise InputError(str(e)) from None
-    specs = plan_fields([Path(p) for p in args.inputs], model.channel_names)
+    inputs = [Path(p) for p in args.inputs]
+    own = [p for p in inputs if is_sr_output(p)]
+    if own:  # a rerun over a folder that also holds this tool's outputs: never super-resolve those again
+        print(f"ignoring {len(own)} file(s) that rls super-resolve wrote (e.g. {own[0]}); they are outputs, "
+              "not LR inputs", file=sys.stderr)
+        inputs = [p for p in inputs if p not in own]
+    specs = plan_fields(inputs, model.channel_names)
     part = parse_shard(args.shard) if args.shard else None
-    if args.print_commands:
+    if args.print_commands is not None:
         return _print_array_commands(args, len(specs))
     if part is not None:
         specs = shard(specs, *part)
@@ -229,10 +243,22 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
 
     from .bundle import load_bundle, save_bundle
     from .model import resolve_device
+    from .prior_config import check_prior_settings
     from .priors import fit_bundle_prior
-    from .registry import resolve_model
+    from .registry import list_models, resolve_model
 
+    try:
+        check_prior_settings(args.samples, args.flow_blocks, args.flow_hidden, args.flow_epochs, args.flow_noise)
+    except ValueError as e:
+        raise InputError(f"--{e}") from None
     path = resolve_model(args.model)
+    dest = Path(args.output) if args.output else path
+    if dest.resolve() in {p.resolve() for p in list_models().values()}:
+        raise InputError(f"{dest} is a model shipped with the package; refitting it in place would change every "
+                         "later run that uses it", f"write the refitted model elsewhere: rls fit-prior "
+                         f"{args.model} -o my_{path.stem}.h5")
+    if dest.is_dir():
+        raise InputError(f"-o {dest} is a folder", "give the path of the .h5 file to write")
     bundle = load_bundle(path)
     dev = resolve_device(args.device)
     G = bundle.build_generator(dev)
@@ -243,7 +269,7 @@ def cmd_fit_prior(args: argparse.Namespace) -> int:
     bundle.generator_state["mapping.w_avg"] = G.mapping.w_avg.detach().cpu().numpy()
     fit_bundle_prior(bundle, G, n_samples=args.samples, flow_blocks=args.flow_blocks, flow_hidden=args.flow_hidden,
                      flow_epochs=args.flow_epochs, seed=args.seed, device=dev, flow_noise=args.flow_noise)
-    dest = save_bundle(bundle, args.output or path)
+    dest = save_bundle(bundle, dest)
     print(f"wrote latent prior into {dest} ({time.perf_counter() - t0:.0f} s)")
     return 0
 

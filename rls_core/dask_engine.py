@@ -57,6 +57,10 @@ def open_client(scheduler: Optional[str] = None, cluster: Optional[str] = None,
     if scheduler:
         try:
             client = distributed.Client(scheduler, timeout="10s")
+        except ValueError as e:  # "localhost" (no port), "http://..." (not a Dask protocol)
+            raise RLSError(f"--scheduler {scheduler!r} is not a Dask scheduler address ({e})",
+                           "give PROTOCOL://HOST:PORT as the scheduler prints it, e.g. --scheduler "
+                           "tcp://host:8786") from None
         except (OSError, TimeoutError) as e:
             raise RLSError(f"cannot reach the Dask scheduler at {scheduler} ({e})",
                            "start it first (dask scheduler / dask-jobqueue) and give its address, "

@@ -103,6 +103,20 @@ def check_full_scale(arr: np.ndarray, source: str = "the image",
                          RANGE_FIX)
 
 
+def range_warnings(image: np.ndarray, names: Sequence[str], high: Sequence[float]) -> List[str]:
+    """Warnings for channels of a full-scale (C, h, w) stack that exceed, on more than
+    SATURATED_FRACTION of their pixels, the brightest intensity the model was trained on
+    (`high`): the search cannot draw them, and the model's units clip them."""
+    out = []
+    for name, ch, hi in zip(names, image, high):
+        above = float((ch > hi).mean()) if ch.size else 0.0
+        if above > SATURATED_FRACTION:
+            out.append(f"channel {name}: {100 * above:.1f} % of pixels are brighter than the model's training "
+                       f"range (up to {hi:.4g} of full scale) and are clipped to it; check the intensity range "
+                       "(--intensity-range) or use a model trained on images this bright")
+    return out
+
+
 def intensity_warnings(image: np.ndarray, names: Sequence[str]) -> List[str]:
     """Warnings for a full-scale (C, h, w) stack: saturated (> 1 % at the top) or constant channels."""
     out = []

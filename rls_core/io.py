@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -158,7 +159,8 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
     groups: "OrderedDict[str, Dict[str, Path]]" = OrderedDict()
     dup: Dict[str, str] = {}
     n = len(channels)
-    for p in map(Path, paths):
+    # The same file given twice (overlapping globs) counts once.
+    for p in OrderedDict((Path(os.path.abspath(q)), Path(q)) for q in paths).values():
         token = _channel_token(p.stem, channels)
         ch = token[0] if token else None
         try:
@@ -172,6 +174,12 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
                 specs.append(FieldSpec(p.stem, [p], str(e)))
                 continue
             planes = 1  # named like one channel of a field: that field fails when it is read
+        if ch is not None and n > 1 and planes != 1:  # e.g. a z-pair named x_DNA.tif: not a whole field
+            specs.append(FieldSpec(p.stem, [p], f"{p}: named as channel {ch} but has {planes} planes; a file "
+                                               f"named after one channel must hold that channel alone (give "
+                                               f"one plane per file, or a {n}-page file without a channel "
+                                               "name)"))
+            continue
         if planes == n:  # a complete field in one file
             specs.append(FieldSpec(p.stem, [p]))
             continue
@@ -201,7 +209,38 @@ def plan_fields(paths: Sequence[Path], channels: Sequence[str]) -> List[FieldSpe
                                                f"(found {', '.join(s.name for s in srcs)})"))
         else:
             specs.append(FieldSpec(stem, srcs))
-    return specs
+    return _refuse_shared_stems(specs)
+
+
+def _refuse_shared_stems(specs: List[FieldSpec]) -> List[FieldSpec]:
+    """Outputs are named by field (STEM_sr.tif): fields of the same name from different folders
+    would overwrite each other, so each of them fails with a message instead."""
+    by_stem: Dict[str, List[FieldSpec]] = {}
+    for spec in specs:
+        by_stem.setdefault(spec.stem, []).append(spec)
+    out = []
+    for spec in specs:
+        same = by_stem[spec.stem]
+        if len(same) > 1 and not spec.problem:
+            where = ", ".join(str(s.sources[0].parent) for s in same)
+            spec = FieldSpec(spec.stem, spec.sources,
+                             f"field {spec.stem}: {len(same)} input fields have this name (in {where}), and "
+                             f"their outputs would overwrite each other; run each folder with its own -o")
+        out.append(spec)
+    return out
+
+
+SR_OUTPUT_SUFFIXES = ("_sr", "_sr_std")
+
+
+def is_sr_output(path: Path) -> bool:
+    """True for an image that `rls super-resolve` wrote (STEM_sr.tif / STEM_sr_std.tif with the
+    run's settings inside): not an LR input, though it may sit beside them after a rerun."""
+    path = Path(path)
+    if not path.stem.endswith(SR_OUTPUT_SUFFIXES) or path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    info = read_tiff_info(path)
+    return isinstance(info, dict) and "settings" in info
 
 
 def read_field(spec: FieldSpec, channels: Sequence[str],

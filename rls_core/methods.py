@@ -7,6 +7,7 @@ and, for a new search, a class in `rls_core.search`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple
@@ -55,8 +56,12 @@ class Method:
         if unknown:
             raise ValueError(f"method {self.name!r} has no weight(s) {sorted(unknown)}; "
                              f"its weights are {sorted(self.weights) or 'none'}")
-        if not realism >= 0:  # also refuses NaN
-            raise ValueError(f"realism must be >= 0 (0 = no prior, 1 = the defaults), got {realism}")
+        if not 0 <= realism < math.inf:  # also refuses NaN
+            raise ValueError(f"realism must be a finite number >= 0 (0 = no prior, 1 = the defaults), got {realism}")
+        bad = {k: v for k, v in overrides.items() if not 0 <= float(v) < math.inf}
+        if bad:  # a negative weight would silently switch its term off (searches skip terms <= 0)
+            raise ValueError(f"method {self.name!r}: weights must be finite numbers >= 0 (0 switches a term off), "
+                             f"got {', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}")
         w = {**self.weights, **{k: float(v) for k, v in overrides.items()}}
         for k in self.prior_weights:
             w[k] *= realism

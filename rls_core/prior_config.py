@@ -25,3 +25,21 @@ def default_flow_hidden(w_dim: int) -> int:
     bundle (float16), against the 12 MiB bundle budget; 128 keeps both small
     (docs/performance.md)."""
     return 2 * w_dim if w_dim <= 128 else 128
+
+
+def check_prior_settings(n_samples: int, flow_blocks: int, flow_hidden, flow_epochs: int,
+                         flow_noise: float) -> None:
+    """ValueError naming the first setting that no prior can be fitted with (before any work)."""
+    import math
+
+    if n_samples < 2:
+        raise ValueError(f"samples must be >= 2 (default {PRIOR_SAMPLES}), got {n_samples}")
+    if flow_blocks < 1:
+        raise ValueError(f"flow-blocks must be >= 1 (default {FLOW_BLOCKS}), got {flow_blocks}")
+    if flow_hidden is not None and flow_hidden < 1:
+        raise ValueError(f"flow-hidden (units) must be >= 1 (leave it out for the default), got {flow_hidden}")
+    if flow_epochs < 1:
+        raise ValueError(f"flow-epochs must be >= 1 (default {FLOW_EPOCHS}): an untrained flow is no prior, "
+                         f"got {flow_epochs}")
+    if not 0 <= flow_noise < math.inf:
+        raise ValueError(f"flow-noise must be a finite number >= 0 (0: none), got {flow_noise}")

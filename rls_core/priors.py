@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .bundle import set_prior
 from .flow import MAF, fit_flow
-from .prior_config import FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES, default_flow_hidden
+from .prior_config import (FLOW_BLOCKS, FLOW_EPOCHS, FLOW_NOISE, PRIOR_SAMPLES, check_prior_settings,
+                           default_flow_hidden)
 
 ArrayLike = Union[np.ndarray, Tensor]
 PULSE_SLOPE = 5.0      # LeakyReLU(5) undoes the mapping's last LeakyReLU(0.2): Gaussian-ish
@@ -112,6 +113,7 @@ def fit_prior(mapping: Callable[[Tensor], Tensor], z_dim: int, n_samples: int = 
               seed: int = 0, device=None, progress: bool = True,
               flow_noise: float = FLOW_NOISE) -> Tuple[LatentStats, MAF]:
     """The `rls fit-prior` computation: latent statistics, then a MAF on standardised w."""
+    check_prior_settings(n_samples, flow_blocks, flow_hidden, flow_epochs, flow_noise)
     stats, w = fit_latent_stats(mapping, z_dim, n_samples, seed=seed, device=device, progress=progress)
     d = w.shape[1]
     w_std = (w - torch.from_numpy(stats.w_mean)) / torch.from_numpy(stats.w_std)

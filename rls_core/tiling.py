@@ -37,9 +37,15 @@ class TileGrid:
         return self.padded_shape[0] * self.factor, self.padded_shape[1] * self.factor
 
 
-def make_grid(lr_shape: Tuple[int, int], tile: int, factor: int, overlap: int) -> TileGrid:
+def check_overlap(overlap: int, tile: int) -> int:
+    """`overlap` if neighbouring LR tiles can share that many pixels, else ValueError."""
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be between 0 and {tile - 1} LR pixels (tile is {tile} px), got {overlap}")
+    return overlap
+
+
+def make_grid(lr_shape: Tuple[int, int], tile: int, factor: int, overlap: int) -> TileGrid:
+    check_overlap(overlap, tile)
     h, w = lr_shape
     stride = tile - overlap
     ny = max(1, math.ceil(max(h - tile, 0) / stride) + 1)

@@ -221,6 +221,75 @@ def test_search_settings_no_field_could_run_stop_before_any_field(lr_folder, tmp
     assert rc == 2 and message in err and "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--overlap", "4"], "--overlap: tile overlap must be between 0 and 3"), (["--batch-size", "0"], "--batch-size"),
+    (["--realism", "inf"], "realism must be a finite number"),
+    (["--weight", "lambda_cross=-5"], "weights must be finite numbers >= 0"),
+    (["--weight", "lambda_cross=nan"], "weights must be finite numbers >= 0"),
+    (["--print-commands", "0"], "--print-commands needs N >= 1"),
+    (["--scheduler", "localhost"], "is not a Dask scheduler address")])
+def test_run_settings_no_field_could_run_stop_before_any_field(lr_folder, tmp_path, tiny_model_path, capsys,
+                                                               extra, message):
+    """Overlap, batch size, weights and the scheduler's address are refused up front (exit 2),
+    not field by field or as a traceback; a negative weight no longer switches its term off."""
+    out = tmp_path / "sr"
+    rc = main(["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(out), "--model", str(tiny_model_path),
+               "--factor", "8", "--steps", "1", "-q", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and not (out / "stack_A02_sr.tif").exists()
+
+
+def test_a_rerun_over_its_own_outputs_leaves_them_alone(lr_folder, tmp_path, tiny_model_path, capsys):
+    """Outputs written into the input folder are not super-resolved again by `folder/*.tif`."""
+    rc, _ = run_folder(lr_folder, lr_folder, tiny_model_path, "--steps", "2")
+    assert rc == 0 and (lr_folder / "stack_A02_sr.tif").exists()
+    capsys.readouterr()
+    files = sorted(str(p) for p in lr_folder.glob("*.tif"))  # what `lr/*.tif` gives the second time
+    rc = main(["super-resolve", *files, "-o", str(lr_folder), "--model", str(tiny_model_path), "--factor", "8", "-q",
+               "--steps", "2", "--skip-existing"])
+    rows = {r["field"]: r for r in read_summary(lr_folder)}
+    assert rc == 0 and set(rows) == {"plate_A01_s1", "stack_A02"}
+    assert {r["status"] for r in rows.values()} == {"skipped"}
+    assert "ignoring 2 file(s) that rls super-resolve wrote" in capsys.readouterr().err
+    assert not list(lr_folder.glob("*_sr_sr*"))
+
+
+def test_bicubic_with_several_samples_is_skipped_when_done(lr_folder, tmp_path, tiny_model_path):
+    """Bicubic draws one sample whatever --samples says, so it writes no uncertainty image;
+    a resume must not wait for one (it redid the field every time)."""
+    args = ["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(tmp_path / "sr"), "--model",
+            str(tiny_model_path), "--factor", "8", "--method", "bicubic", "--samples", "3", "-q", "--skip-existing"]
+    assert main(args) == 0 and main(args) == 0
+    assert read_summary(tmp_path / "sr")[0]["status"] == "skipped"
+
+
+def test_fields_of_the_same_name_from_two_folders_fail_instead_of_overwriting(lr_folder, tmp_path, tiny_model_path):
+    other = tmp_path / "plate2"
+    shutil.copytree(lr_folder, other)
+    files = [str(p) for d in (lr_folder, other) for p in sorted(d.iterdir())]
+    out = tmp_path / "sr"
+    rc = main(["super-resolve", *files, "-o", str(out), "--model", str(tiny_model_path), "--factor", "8",
+               "--steps", "1", "-q"])
+    rows = read_summary(out)
+    assert rc == 1 and len(rows) == 4 and {r["status"] for r in rows} == {"failed"}
+    assert all("outputs would overwrite each other" in r["reason"] for r in rows)
+    assert not list(out.glob("*_sr.tif"))
+
+
+def test_a_channel_file_with_several_planes_is_not_a_whole_field(lr_folder, tmp_path, tiny_model_path):
+    """x_DNA.tif holding two planes (a z-pair, say) must not be read as DNA + NFkB."""
+    tifffile.imwrite(lr_folder / "zpair_DNA.tif", tifffile.imread(lr_folder / "stack_A02.tif"))
+    out = tmp_path / "sr"
+    rc = main(["super-resolve", str(lr_folder / "zpair_DNA.tif"), str(lr_folder / "stack_A02.tif"),
+               str(lr_folder / "stack_A02.tif"), "-o", str(out), "--model", str(tiny_model_path), "--factor", "8",
+               "--steps", "1", "-q"])
+    rows = {r["field"]: r for r in read_summary(out)}
+    assert rc == 1 and set(rows) == {"zpair_DNA", "stack_A02"}  # the file given twice counts once
+    assert rows["zpair_DNA"]["status"] == "failed" and "named as channel DNA but has 2 planes" in \
+        rows["zpair_DNA"]["reason"]
+    assert rows["stack_A02"]["status"] == "ok"
+
+
 def _many_fields(folder: Path, n: int) -> list:
     rng = np.random.default_rng(0)
     paths = []
@@ -308,6 +377,34 @@ def test_fit_prior_completes_a_bare_bundle(tmp_path, capsys):
     b = load_bundle(p)
     assert b.has_prior and b.provenance["prior"]["n_samples"] == 3000
     assert set(b.provenance["prior"]) == {"fitted", "n_samples", "flow", "flow_epochs", "flow_noise", "seed", "seconds"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "0"], "--samples must be >= 2"), (["--flow-blocks", "0"], "--flow-blocks must be >= 1"),
+    (["--flow-hidden", "0"], "--flow-hidden"), (["--flow-epochs", "0"], "--flow-epochs must be >= 1"),
+    (["--flow-noise", "-1"], "--flow-noise must be")])
+def test_fit_prior_refuses_settings_before_any_work(tmp_path, capsys, extra, message):
+    from conftest import make_tiny_bundle
+
+    p = make_tiny_bundle(tmp_path / "bare.h5", with_prior=False)
+    rc = main(["fit-prior", str(p), "-o", str(tmp_path / "out.h5"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and not (tmp_path / "out.h5").exists()
+
+
+def test_fit_prior_leaves_shipped_models_and_folders_alone(tmp_path, capsys, monkeypatch):
+    from conftest import make_tiny_bundle
+    import rls_core.registry as registry
+
+    models = tmp_path / "models"
+    shipped = make_tiny_bundle(models / "tiny.h5", with_prior=False)
+    monkeypatch.setattr(registry, "MODELS_DIR", models)
+    before = shipped.read_bytes()
+    assert main(["fit-prior", "tiny", "--samples", "100", "--flow-epochs", "1"]) == 2
+    assert "shipped with the package" in capsys.readouterr().err and shipped.read_bytes() == before
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit-prior", str(shipped), "-o", str(models), "--samples", "100", "--flow-epochs", "1"]) == 2
+    assert "is a folder" in capsys.readouterr().err and not list(tmp_path.glob("*.tmp"))
 
 
 def test_console_script_help():

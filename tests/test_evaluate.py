@@ -202,6 +202,10 @@ def test_blank_crops_measure_as_no_objects(tmp_path):
     (["--degradations", "fog:3"], "bad degradation 'fog:3'"),
     (["--batch-size", "0"], "must be >= 1"),
     (["--model", "no_such_model"], "no_such_model"),
+    # an explicit 0 is refused, not replaced by the (hours-long) default
+    (["--n-per-condition", "0"], "must be >= 1"), (["--samples", "0"], "must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"), (["--factors", "3"], "factor 3 does not fit"),
+    (["--realism", "-1"], "--realism values must be finite"),
 ])
 def test_bad_settings_stop_before_any_search_with_a_message(tiny_model_path, tmp_path, capsys, bad, message):
     """Refused up front (exit 2, the problem named, no traceback), before any output is written."""

@@ -5,7 +5,7 @@ import tifffile
 
 from rls_core.errors import InputError
 from rls_core.intensity import (SATURATED_FRACTION, dtype_notes, intensity_warnings, parse_intensity_range,
-                                to_full_scale)
+                                range_warnings, to_full_scale)
 
 
 @pytest.mark.parametrize("dtype, value, expected", [
@@ -67,6 +67,16 @@ def test_saturation_warning_starts_above_one_percent_at_the_maximum():
     w = intensity_warnings(img, ["A", "B"])
     assert len(w) == 1 and w[0].startswith("channel B is saturated (1.0 % of pixels")
     assert SATURATED_FRACTION == 0.01
+
+
+def test_pixels_brighter_than_the_models_training_range_warn_above_one_percent():
+    """The model's units clip them: say so, instead of a clean-looking result (and LR PSNR)."""
+    img = np.full((2, 100, 100), 0.01, np.float32)
+    img[0].flat[:100] = 0.5          # exactly 1 % above the range: no warning
+    img[1].flat[:101] = 0.5          # just over: warning
+    w = range_warnings(img, ["DNA", "NFkB"], [0.0626, 0.0626])
+    assert len(w) == 1 and w[0].startswith("channel NFkB: 1.0 % of pixels are brighter than the model's training")
+    assert range_warnings(img, ["DNA", "NFkB"], [1.0, 1.0]) == []
 
 
 def test_constant_channel_warns_and_a_dim_but_varying_one_does_not():

@@ -377,7 +377,8 @@ def test_run_bicubic_method(cp, tiny_model_path):
     ("nan", "NaN or infinite"),
     ("sizes", "same size"),
     ("small", "smaller than one LR tile"),
-    ("channels", "expects 2 channel(s) (DNA, NFkB), got 1"),
+    # a setting that no image set can run with stops at once (issue: headless runs skip validation)
+    ("channels", "has 2 channel(s): DNA, NFkB"),
     # CellProfiler 4.2 hands float files over unscaled: raw counts must not be clipped silently
     ("counts", "values from 0 to 3000"),
 ])
@@ -485,7 +486,7 @@ def test_cpu_threads_shared_between_analysis_workers(cp, monkeypatch):
 @pytest.mark.parametrize("line, value, setting", [
     ("Search steps", "0", "steps"), ("Number of samples (uncertainty)", "0", "samples"),
     ("Fidelity vs realism", "-1", "realism"), ("Fidelity vs realism", "nan", "realism"),
-    ("Batch size (tiles x samples)", "2.5", "batch_size")])
+    ("Batch size (tiles x samples)", "2.5", "batch_size"), ("Method", "Foo", "method")])
 def test_out_of_range_settings_in_a_hand_edited_pipeline_are_refused(cp, tiny_model_path, line, value, setting):
     """CellProfiler may pass such values on; the module re-checks them, in validation and at run time."""
     from cellprofiler_core.pipeline import Pipeline
@@ -504,6 +505,16 @@ def test_out_of_range_settings_in_a_hand_edited_pipeline_are_refused(cp, tiny_mo
     msg, where = validation_message(m)
     assert msg is not None and line in msg and where is getattr(m, setting)
     with pytest.raises(ValueError, match="SuperResolveRLS: '%s'" % re.escape(line)):
+        m.run(workspace_for(m, lr_pair()))
+
+
+def test_a_factor_that_does_not_fit_the_model_stops_even_when_continuing(cp, sr_module):
+    """Headless runs skip validate_module: run() must still stop on a setting no image set can
+    run with, rather than write blank outputs for every set (a hand-edited .cppipe)."""
+    m = sr_module
+    m.on_failure.value = "Continue with blank outputs"
+    m.factor.value = 3
+    with pytest.raises(ValueError, match="SuperResolveRLS: The factor 3 does not fit"):
         m.run(workspace_for(m, lr_pair()))
 
 

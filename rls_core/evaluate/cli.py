@@ -128,6 +128,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _given(value, default):
+    """An explicit option wins, 0 included (then refused by `run`, not silently the default)."""
+    return default if value is None else value
+
+
 def config_from_args(a: argparse.Namespace):
     """An EvalConfig; defaults depend on --quick, anything given explicitly wins."""
     from .experiment import EvalConfig
@@ -139,20 +144,31 @@ def config_from_args(a: argparse.Namespace):
     cfg = EvalConfig(
         assay=a.assay, model=a.model, out=a.output, factors=factors,
         methods=a.methods or list(QUICK_TABLE1_METHODS if q else TABLE1_METHODS),
-        n_per_condition=a.n_per_condition or (3 if q else 32),
+        n_per_condition=_given(a.n_per_condition, 3 if q else 32),
         steps=a.steps if a.steps is not None else (10 if q else None),
         seed=a.seed, search_seed=a.search_seed, hr_dir=a.hr_dir, condition_regex=a.condition_regex,
         control=a.control, n_reference=a.n_reference, aux_factor=a.aux_factor,
         degradations=a.degradations or (["noise:0.1"] if q else list(ROBUSTNESS)),
         robust_methods=a.robust_methods or ["bicubic", "rls"], ablation=a.ablation or list(ABLATION),
         realism=a.realism or ([0.0, 1.0, 4.0] if q else [0.0, 0.5, 1.0, 2.0, 4.0]),
-        samples=a.samples or (3 if q else 5), sample_inputs=a.sample_inputs or (2 if q else 3), skip=list(a.skip),
+        samples=_given(a.samples, 3 if q else 5), sample_inputs=_given(a.sample_inputs, 2 if q else 3),
+        skip=list(a.skip),
         batch_size=a.batch_size, device=a.device, operator=a.operator, threads=a.threads, folds=a.folds,
         cellprofiler=a.cellprofiler, pipeline=a.pipeline, object_scale=a.object_scale, cp_jobs=a.cp_jobs,
         keep_images=a.keep_images, quick=q, progress=not a.quiet)
     if cfg.assay == "fly" and cfg.hr_dir is None and "biology" not in cfg.skip:
         cfg.skip.append("biology")
     return cfg
+
+
+def _check_factors(cfg) -> None:
+    """Every --factors value must fit the model's tile (before the plan, not hours into the run)."""
+    from ..api import check_factor
+    from ..model import load_model
+
+    model = load_model(cfg.model, cfg.device)
+    for f in {*cfg.factors, *([cfg.aux_factor] if cfg.aux_factor else [])}:
+        check_factor(model, f)
 
 
 def _estimate(cfg, log) -> float:
@@ -205,6 +221,12 @@ def run(args: argparse.Namespace) -> int:
     for x in (cfg.n_per_condition, cfg.batch_size, cfg.samples, cfg.sample_inputs, cfg.folds, cfg.cp_jobs):
         if x < 1:
             raise InputError("counts (--n-per-condition, --batch-size, --samples, --folds, ...) must be >= 1")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise InputError(f"--steps must be >= 1 (leave it out for each method's default), got {cfg.steps}")
+    bad = [r for r in cfg.realism if not 0 <= r < float("inf")]
+    if bad:
+        raise InputError(f"--realism values must be finite numbers >= 0, got {bad}")
+    _check_factors(cfg)
     validate(cfg.degradations)
     if cfg.wants("biology") and cfg.assay in READOUTS:
         find_cellprofiler(cfg.cellprofiler)  # fail now, not after hours of searching

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from ..presets import PRESET_NAMES
 from . import EXPORTS, FAKES
-from ..prior_config import FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES
+from ..prior_config import FLOW_EPOCHS, FLOW_NOISE, FLOW_NOISE_HELP, PRIOR_SAMPLES, check_prior_settings
 
 DESCRIPTION = """\
 Train a StyleGAN2 generator on high-resolution fields of one assay, then fit its latent
@@ -200,6 +200,12 @@ def config_from_args(args: argparse.Namespace):
 
     if not args.data_dir and not args.finish:
         raise SystemExit("rls train: error: DATA_DIR is required (except with --finish)")
+    if args.fit_prior_samples > 0:  # now, not after hours of training
+        try:
+            check_prior_settings(args.fit_prior_samples, args.flow_blocks, args.flow_hidden, args.flow_epochs,
+                                 args.flow_noise)
+        except ValueError as e:
+            raise SystemExit(f"rls train: error: --{e}".replace("--samples", "--fit-prior-samples")) from None
     return TrainConfig(
         data_dir=args.data_dir or "", outdir=args.outdir, name=args.name, channels=args.channels,
         resolution=args.resolution, preset=args.preset, d_width=args.d_width,
