@@ -18,16 +18,17 @@ structures stay consistent with each other.
 What you need
 ^^^^^^^^^^^^^
 
--  A model trained on HR images of your assay. Two models ship with the
-   package: *translocation* (channels DNA, NFkB) and *golgi* (channels
-   DNA, Golgi), both with 128-pixel tiles. Other models are single
+-  A model trained on HR images of your assay. Two assay models ship with
+   the package and are offered here: *translocation* (channels DNA, NFkB)
+   and *golgi* (channels DNA, Golgi), both with 128-pixel tiles (a third,
+   *fly*, is a proof of concept: ``rls models`` lists it). Other models are single
    ``.h5`` files made with ``rls train`` / ``rls fit-prior``; choose
    *Custom file…* to use one.
 -  One grayscale image per model channel, given **in the model's channel
    order** (the module tells you the order when the count does not
    match). All images of a field must have the same size.
--  The upscaling factor must divide the model's tile size (16 or 32 for
-   128-pixel models; 8 is also possible).
+-  The upscaling factor must be a power of two that divides the model's
+   tile size (2 to 64 for 128-pixel models; the paper uses 16 and 32).
 
 Which method?
 ^^^^^^^^^^^^^
@@ -86,7 +87,8 @@ Per image set, suffixed with the first output image name (e.g.
 ``SuperResolveRLS_LRPSNR_DNA``):
 
 -  *LRPSNR*: how well the result, shrunk back to LR, matches the LR input
-   (dB; higher is more faithful; typically 30-45 dB).
+   (dB; higher is more faithful; typical values per method and model
+   are in the project's docs/results).
 -  *ConvergedFraction*: fraction of tiles (x samples) whose search
    reached the LR-consistency target. Low values: more steps are needed
    or the model does not fit these images.
@@ -357,8 +359,8 @@ grayscale and all of the same size.""" % (i + 1),
             doc="""\
 How many times larger (in each direction) the output is than the input.
 The LR tile is the model's tile size divided by this factor, so the
-factor must divide it: 16 or 32 for the shipped 128-pixel models (an LR
-tile of 8 or 4 pixels). Use the factor between your LR and HR imaging
+factor must be a power of two that divides it: 2 to 64 for the shipped
+128-pixel models (the paper's 16 and 32 give an LR tile of 8 or 4 pixels). Use the factor between your LR and HR imaging
 (e.g. 16 for a 4x objective vs a 64x one, with equal camera pixels).""",
         )
         self.method = Choice(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import __version__
 from .bundle import file_sha256
 from .errors import InputError, RLSError
-from .io import FieldSpec, read_field, read_tiff_info, write_tiff
+from .io import FieldSpec, is_sr_output, read_field, read_tiff_info, write_tiff
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["field", "status", "reason", "warnings", "method", "factor", "samples", "model", "lr_psnr",
@@ -190,6 +190,8 @@ def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print
         info = {"settings": settings, "result": result}
         if res.std is not None:  # the std first: an image without its std is never "done"
             write_tiff(std_path, res.std, res.channel_names, info)
+        elif is_sr_output(std_path):  # an earlier run's uncertainty map would sit beside this result
+            std_path.unlink()
         write_tiff(sr_path, res.image, res.channel_names, info)
         row.update(result, status=WARNING if warnings else OK, output=str(sr_path))
         log(f"  {spec.stem}: {res.image.shape[2]}x{res.image.shape[1]} px, LR PSNR {res.lr_psnr:.1f} dB, "

@@ -280,11 +280,16 @@ def cmd_cellprofiler_files(args: argparse.Namespace) -> int:
     from .resources import shared_dir
 
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for kind in ("plugins", "pipelines"):
+            (out / kind).mkdir(exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # a file where a folder must go
+        raise RLSError(f"cannot make the folder {e.filename}: a file of that name is in the way",
+                       "choose another output folder") from None
     written = []
     for kind, pattern in (("plugins", "superresolverls.py"), ("pipelines", "*.cppipe")):
         dest = out / kind
-        dest.mkdir(exist_ok=True)
         for src in sorted(shared_dir(kind).glob(pattern)):
             target = dest / src.name
             if target.exists() and not args.force:

@@ -263,6 +263,13 @@ def test_bicubic_with_several_samples_is_skipped_when_done(lr_folder, tmp_path, 
     assert read_summary(tmp_path / "sr")[0]["status"] == "skipped"
 
 
+def test_a_run_without_samples_removes_an_earlier_uncertainty_map(lr_folder, tmp_path, tiny_model_path):
+    common = ["super-resolve", str(lr_folder / "stack_A02.tif"), "-o", str(tmp_path / "sr"), "--model",
+              str(tiny_model_path), "--factor", "8", "--steps", "2", "-q"]
+    assert main(common + ["--samples", "2"]) == 0 and (tmp_path / "sr" / "stack_A02_sr_std.tif").exists()
+    assert main(common) == 0 and not (tmp_path / "sr" / "stack_A02_sr_std.tif").exists()
+
+
 def test_fields_of_the_same_name_from_two_folders_fail_instead_of_overwriting(lr_folder, tmp_path, tiny_model_path):
     other = tmp_path / "plate2"
     shutil.copytree(lr_folder, other)

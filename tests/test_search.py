@@ -68,6 +68,21 @@ def test_refine_stage_improves_fidelity(tiny_model, generated_field):
     assert ref.lr_psnr > base.lr_psnr
 
 
+@pytest.mark.parametrize("method", ["pulse", "rls"])
+def test_a_search_returns_the_code_and_noise_of_its_best_image(tiny_model, generated_field, method):
+    """The refinement stage restarts from (w_plus, noise): they must render the returned image.
+    PULSE also searches noise maps, which used to come back from the last step, not the best."""
+    from rls_core.operators import make_operator
+    from rls_core.search import make_search
+
+    _, lr = generated_field
+    y = torch.from_numpy(np.clip(tiny_model.to_unit(lr), 0, 1)[None, :, :4, :4].astype(np.float32)).repeat(3, 1, 1, 1)
+    res = make_search(method, tiny_model, make_operator("bicubic", 8)).run(y, [1, 2, 3], steps=30)
+    with torch.no_grad():
+        again = tiny_model.render(res.w_plus, res.noise).clamp(0, 1)
+    torch.testing.assert_close(again, res.images, atol=1e-5, rtol=0)
+
+
 def test_l1_ball_projection():
     g = torch.Generator().manual_seed(0)
     d = torch.randn(6, 16, generator=g) * 3

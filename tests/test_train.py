@@ -632,3 +632,16 @@ def test_metrics_keep_the_best_snapshot_and_leave_training_alone(data_dir, tmp_p
         train(_cfg(data_dir, tmp_path / "nometrics", export="best"))
     with pytest.raises(TrainError, match="best.pt"):
         train(_cfg(data_dir, plain, finish=True, name="x", export="best"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resolution", "100"], "resolution must be a power of two"), (["--lr", "-1"], "--lr must be a finite"),
+    (["--flow-epochs", "0"], "--flow-epochs must be >= 1"), (["--fit-prior-samples", "1"], "--fit-prior-samples")])
+def test_settings_no_run_could_use_stop_before_training(tmp_path, extra, message):
+    """Refused when the command is read, not as a traceback, nor (the prior's) after hours of training."""
+    from rls_core.train.cli import add_arguments, config_from_args
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args([str(tmp_path), "-o", str(tmp_path / "run"), "--channels", "DNA", *extra])
+    with pytest.raises(SystemExit, match=message):
+        config_from_args(args)
+    assert not (tmp_path / "run").exists()

@@ -138,12 +138,13 @@ class LatentSearch:
 
         best_loss = torch.full((n,), float("inf"), device=model.device)
         failed = torch.zeros(n, dtype=torch.bool, device=model.device)
-        best_w = best_img = best_l1 = None
+        best_w = best_img = best_l1 = best_noise = None
         history = np.zeros(steps, dtype=np.float64)
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
             w_plus = self.w_plus(p)
-            x = model.render(w_plus, self.noise(p))
+            noise = self.noise(p)
+            x = model.render(w_plus, noise)
             x_lr = self.operator(x)
             terms = self.loss_terms(p, w_plus, x_lr, y)
             loss = torch.stack(list(terms.values())).sum(0)  # (B,)
@@ -152,11 +153,17 @@ class LatentSearch:
                 l1 = (x_lr - y).abs().flatten(1).mean(1)
                 if best_w is None:
                     best_w, best_img, best_l1 = w_plus.detach().clone(), x.detach().clone(), l1.clone()
+                    # the noise that goes with the best code (PULSE searches some noise maps too)
+                    best_noise = [t.detach().clone() if t is not None else None for t in noise] \
+                        if noise is not None else None
                 better = loss.detach() < best_loss
                 best_loss = torch.where(better, loss.detach(), best_loss)
                 best_w[better] = w_plus.detach()[better]
                 best_img[better] = x.detach()[better]
                 best_l1[better] = l1[better]
+                for b_t, t in zip(best_noise or [], noise or []):
+                    if b_t is not None and t.requires_grad and b_t.shape[0] == n:
+                        b_t[better] = t.detach()[better]
             history[step] = float(loss.detach().mean())
             loss.sum().backward()
             opt.step()
@@ -168,10 +175,9 @@ class LatentSearch:
         images = best_img.clamp(0.0, 1.0)
         with torch.no_grad():
             lr_psnr = psnr(self.operator(images), y)
-        noise = self.noise(p)
         return SearchResult(images=images, w_plus=best_w, lr_l1=best_l1, lr_psnr=lr_psnr,
                             converged=(best_l1 <= converge_l1) & ~failed, loss_history=history, failed=failed,
-                            noise=[t.detach() for t in noise] if noise is not None else None)
+                            noise=best_noise)
 
 
 class WPlusSearch(LatentSearch):

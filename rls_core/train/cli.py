@@ -200,6 +200,15 @@ def config_from_args(args: argparse.Namespace):
 
     if not args.data_dir and not args.finish:
         raise SystemExit("rls train: error: DATA_DIR is required (except with --finish)")
+    if not args.resume and not args.finish:  # a new run's shape and optimiser, checked before any data is read
+        from ..generator import GeneratorConfig
+
+        try:
+            GeneratorConfig.preset(args.preset, args.resolution)
+        except ValueError as e:
+            raise SystemExit(f"rls train: error: --resolution/--preset: {e}") from None
+    if not 0 < args.lr < float("inf"):
+        raise SystemExit(f"rls train: error: --lr must be a finite number > 0, got {args.lr}")
     if args.fit_prior_samples > 0:  # now, not after hours of training
         try:
             check_prior_settings(args.fit_prior_samples, args.flow_blocks, args.flow_hidden, args.flow_epochs,
