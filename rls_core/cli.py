@@ -139,6 +139,10 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
             raise InputError(f"--overlap: {e}", "leave --overlap out for the default (a quarter of a tile)") from None
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.scheduler and args.cluster:
+        raise InputError("--scheduler and --cluster both say where to run", "give one of them")
+    if args.workers is not None and not args.cluster:
+        raise InputError("--workers sets the size of --cluster local", "add --cluster local, or leave --workers out")
     try:
         make_reconstructor(model, opts.method, opts.factor, opts.operator, opts.samples, realism=opts.realism,
                            weights=opts.weights, p_w=opts.p_w, steps=opts.steps, learning_rate=opts.learning_rate,

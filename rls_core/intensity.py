@@ -96,7 +96,7 @@ def check_full_scale(arr: np.ndarray, source: str = "the image",
     if not finite.all():
         raise InputError(f"{source}: {int((~finite).sum())} NaN or infinite pixel(s)",
                          "fix or mask them (e.g. replace NaN by 0) before super-resolving")
-    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if lo < 0.0 or hi > 1.0:
         where = "after scaling by the given range" if intensity_range is not None else "for a float image"
         raise InputError(f"{source}: values from {lo:.6g} to {hi:.6g} {where}; intensities must lie in 0..1",

@@ -227,7 +227,9 @@ def test_search_settings_no_field_could_run_stop_before_any_field(lr_folder, tmp
     (["--weight", "lambda_cross=-5"], "weights must be finite numbers >= 0"),
     (["--weight", "lambda_cross=nan"], "weights must be finite numbers >= 0"),
     (["--print-commands", "0"], "--print-commands needs N >= 1"),
-    (["--scheduler", "localhost"], "is not a Dask scheduler address")])
+    (["--scheduler", "localhost"], "is not a Dask scheduler address"),
+    (["--workers", "2"], "--workers sets the size of --cluster local"),
+    (["--cluster", "local", "--scheduler", "tcp://h:1"], "--scheduler and --cluster both")])
 def test_run_settings_no_field_could_run_stop_before_any_field(lr_folder, tmp_path, tiny_model_path, capsys,
                                                                extra, message):
     """Overlap, batch size, weights and the scheduler's address are refused up front (exit 2),
