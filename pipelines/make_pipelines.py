@@ -248,6 +248,14 @@ def check(pipeline) -> None:
             raise RuntimeError(f"{m.module_name} #{m.module_num} invalid: {e.message}") from None
 
 
+def method_label(method: str) -> str:
+    """The module's label of a method, given its label or its library name ("rls" -> "RLS")."""
+    from rls_core.methods import MODULE_CHOICES
+
+    names = {name: label for label, name in MODULE_CHOICES.items()}
+    return names.get(method, method)
+
+
 def method_choices() -> List[str]:
     """The module's method labels, from the one table (rls_core.methods)."""
     from rls_core.methods import MODULE_CHOICES
@@ -268,7 +276,8 @@ def customize(pipeline, model: Optional[str] = None, **settings):
     """Point the pipeline's SuperResolveRLS module(s) at another model and/or change settings.
 
     model: a shipped model name or a path to a .h5 bundle (stored as a custom file, absolute).
-    settings: attribute names of the module's settings, e.g. factor=8, method="bicubic", steps=50.
+    settings: attribute names of the module's settings, e.g. factor=8, method="bicubic", steps=50
+    (a method by its module label or its library name).
     """
     from cellprofiler_core.preferences import ABSOLUTE_FOLDER_NAME
 
@@ -285,6 +294,8 @@ def customize(pipeline, model: Optional[str] = None, **settings):
             else:
                 m.model_choice.value = str(model)
         for attr, value in settings.items():
+            if attr == "method" and value is not None:
+                value = method_label(value)
             if value is not None:
                 getattr(m, attr).value = value
     return pipeline

@@ -561,9 +561,13 @@ mismatched image, NaN pixels, a search that broke down).
         return self.channels[:n]
 
     def method_name(self) -> str:
-        """The library's name of the chosen method; an unknown label (a hand-edited .cppipe) is
-        refused by `check_numbers`, never silently replaced."""
-        return METHODS.get(self.method.value, "rls")
+        """The library's name of the chosen method. A library name in place of the label (as
+        older `make_pipelines.customize(method="rls")` wrote) means that method; anything else
+        is refused by `check_numbers`, never silently replaced."""
+        value = self.method.value
+        if value in METHODS:
+            return METHODS[value]
+        return value if value in METHODS.values() else "rls"
 
     def output_names(self) -> List[str]:
         return [g.output_image.value for g in self.active_channels()]
@@ -640,7 +644,7 @@ mismatched image, NaN pixels, a search that broke down).
             if not (low <= value <= high):  # also refuses NaN
                 raise ValidationError("'%s' must be between %s and %s, got %s." % (setting.text, low, high, text),
                                       setting)
-        if self.method.value not in METHODS:
+        if self.method.value not in METHODS and self.method.value not in METHODS.values():
             raise ValidationError("'%s' must be one of %s, got '%s'." % (
                 self.method.text, ", ".join(METHODS), self.method.value), self.method)
 

@@ -508,6 +508,13 @@ def test_out_of_range_settings_in_a_hand_edited_pipeline_are_refused(cp, tiny_mo
         m.run(workspace_for(m, lr_pair()))
 
 
+def test_a_library_method_name_in_a_pipeline_file_means_that_method(cp, sr_module):
+    """Older make_pipelines.customize(method="plain") wrote the library's name, not the label."""
+    sr_module.method.value = "plain"
+    sr_module.check_numbers()
+    assert sr_module.method_name() == "plain"
+
+
 def test_a_factor_that_does_not_fit_the_model_stops_even_when_continuing(cp, sr_module):
     """Headless runs skip validate_module: run() must still stop on a setting no image set can
     run with, rather than write blank outputs for every set (a hand-edited .cppipe)."""
