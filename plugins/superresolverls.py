@@ -21,8 +21,8 @@ What you need
 -  A model trained on HR images of your assay. Two assay models ship with
    the package and are offered here: *translocation* (channels DNA, NFkB)
    and *golgi* (channels DNA, Golgi), both with 128-pixel tiles (a third,
-   *fly*, is a proof of concept: ``rls models`` lists it). Other models are single
-   ``.h5`` files made with ``rls train`` / ``rls fit-prior``; choose
+   *fly*, is a proof of concept: ``rls models`` lists it). Other models
+   are single ``.h5`` files made with ``rls train`` / ``rls fit-prior``; choose
    *Custom file…* to use one.
 -  One grayscale image per model channel, given **in the model's channel
    order** (the module tells you the order when the count does not
@@ -360,8 +360,9 @@ grayscale and all of the same size.""" % (i + 1),
 How many times larger (in each direction) the output is than the input.
 The LR tile is the model's tile size divided by this factor, so the
 factor must be a power of two that divides it: 2 to 64 for the shipped
-128-pixel models (the paper's 16 and 32 give an LR tile of 8 or 4 pixels). Use the factor between your LR and HR imaging
-(e.g. 16 for a 4x objective vs a 64x one, with equal camera pixels).""",
+128-pixel models (the paper's 16 and 32 give an LR tile of 8 or 4
+pixels). Use the factor between your LR and HR imaging (e.g. 16 for a 4x
+objective vs a 64x one, with equal camera pixels).""",
         )
         self.method = Choice(
             "Method", list(METHODS), value="RLS",

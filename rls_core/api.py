@@ -119,7 +119,8 @@ def _validate(m: LoadedModel, image: ImageLike, factor: int, method: str, batch_
     if mask is not None and np.shape(mask) != (h, w):
         raise InputError(f"the mask is {'x'.join(map(str, np.shape(mask)))} px but the image is {h}x{w}; "
                          "give a mask of the LR image's size")
-    return lr_img, notes + intensity_warnings(lr_img, m.channel_names) + range_warnings(lr_img, m.channel_names, m.high)
+    return lr_img, notes + intensity_warnings(lr_img, m.channel_names) + \
+        range_warnings(lr_img, m.channel_names, m.high)
 
 
 def _prepare(m: LoadedModel, lr_img: np.ndarray, factor: int, overlap: Optional[int], name: str,
