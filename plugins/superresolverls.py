@@ -561,14 +561,19 @@ mismatched image, NaN pixels, a search that broke down).
         n = min(max(int(self.channel_count.value), 1), MAX_CHANNELS)
         return self.channels[:n]
 
-    def method_name(self) -> str:
-        """The library's name of the chosen method. A library name in place of the label (as
-        older `make_pipelines.customize(method="rls")` wrote) means that method; anything else
-        is refused by `check_numbers`, never silently replaced."""
+    def known_method(self) -> Optional[str]:
+        """The library's name of the chosen method, or None for a label no method has. A library
+        name in place of the label (as older `make_pipelines.customize(method="rls")` wrote)
+        means that method."""
         value = self.method.value
         if value in METHODS:
             return METHODS[value]
-        return value if value in METHODS.values() else "rls"
+        return value if value in METHODS.values() else None
+
+    def method_name(self) -> str:
+        """`known_method`; an unknown label is refused by `check_numbers` before any run, and
+        reads as RLS (the default) only for the GUI's display."""
+        return self.known_method() or "rls"
 
     def output_names(self) -> List[str]:
         return [g.output_image.value for g in self.active_channels()]
@@ -645,7 +650,7 @@ mismatched image, NaN pixels, a search that broke down).
             if not (low <= value <= high):  # also refuses NaN
                 raise ValidationError("'%s' must be between %s and %s, got %s." % (setting.text, low, high, text),
                                       setting)
-        if self.method.value not in METHODS and self.method.value not in METHODS.values():
+        if self.known_method() is None:
             raise ValidationError("'%s' must be one of %s, got '%s'." % (
                 self.method.text, ", ".join(METHODS), self.method.value), self.method)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import __version__
 from .bundle import file_sha256
 from .errors import InputError, RLSError
-from .io import FieldSpec, is_sr_output, read_field, read_tiff_info, write_tiff
+from .io import FieldSpec, is_sr_output, output_paths, read_field, read_tiff_info, write_tiff
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["field", "status", "reason", "warnings", "method", "factor", "samples", "model", "lr_psnr",
@@ -162,7 +162,7 @@ def run_field(job: FieldJob, model, log: Callable[[str], None] = lambda s: print
 
     spec, opts, out = job.spec, job.opts, Path(job.out)
     t0 = time.perf_counter()
-    sr_path, std_path = out / f"{spec.stem}_sr.tif", out / f"{spec.stem}_sr_std.tif"
+    sr_path, std_path = output_paths(out, spec.stem)
     row: Dict[str, Any] = dict(field=spec.stem, inputs=";".join(str(s) for s in spec.sources),
                                method=opts.method, factor=opts.factor, samples=opts.samples, model=model.name)
     try:

@@ -230,14 +230,19 @@ def _refuse_shared_stems(specs: List[FieldSpec]) -> List[FieldSpec]:
     return out
 
 
-SR_OUTPUT_SUFFIXES = ("_sr", "_sr_std")
+SR_SUFFIX, STD_SUFFIX = "_sr", "_sr_std"  # a field's outputs: STEM_sr.tif and STEM_sr_std.tif
+
+
+def output_paths(out: Path, stem: str) -> Tuple[Path, Path]:
+    """Where a field's result and its uncertainty image go."""
+    return out / f"{stem}{SR_SUFFIX}.tif", out / f"{stem}{STD_SUFFIX}.tif"
 
 
 def is_sr_output(path: Path) -> bool:
-    """True for an image that `rls super-resolve` wrote (STEM_sr.tif / STEM_sr_std.tif with the
-    run's settings inside): not an LR input, though it may sit beside them after a rerun."""
+    """True for an image that `rls super-resolve` wrote (`output_paths`, with the run's settings
+    inside): not an LR input, though it may sit beside them after a rerun."""
     path = Path(path)
-    if not path.stem.endswith(SR_OUTPUT_SUFFIXES) or path.suffix.lower() not in (".tif", ".tiff"):
+    if not path.stem.endswith((SR_SUFFIX, STD_SUFFIX)) or path.suffix.lower() not in (".tif", ".tiff"):
         return False
     info = read_tiff_info(path)
     return isinstance(info, dict) and "settings" in info

@@ -28,12 +28,13 @@ def default_flow_hidden(w_dim: int) -> int:
 
 
 def check_prior_settings(n_samples: int, flow_blocks: int, flow_hidden, flow_epochs: int,
-                         flow_noise: float) -> None:
-    """ValueError naming the first setting that no prior can be fitted with (before any work)."""
+                         flow_noise: float, samples_name: str = "samples") -> None:
+    """ValueError naming the first setting that no prior can be fitted with (before any work),
+    by its option name without dashes (`samples_name`: what the caller calls the sample count)."""
     import math
 
     if n_samples < 2:
-        raise ValueError(f"samples must be >= 2 (default {PRIOR_SAMPLES}), got {n_samples}")
+        raise ValueError(f"{samples_name} must be >= 2 (default {PRIOR_SAMPLES}), got {n_samples}")
     if flow_blocks < 1:
         raise ValueError(f"flow-blocks must be >= 1 (default {FLOW_BLOCKS}), got {flow_blocks}")
     if flow_hidden is not None and flow_hidden < 1:

@@ -212,9 +212,9 @@ def config_from_args(args: argparse.Namespace):
     if args.fit_prior_samples > 0:  # now, not after hours of training
         try:
             check_prior_settings(args.fit_prior_samples, args.flow_blocks, args.flow_hidden, args.flow_epochs,
-                                 args.flow_noise)
+                                 args.flow_noise, samples_name="fit-prior-samples")
         except ValueError as e:
-            raise SystemExit(f"rls train: error: --{e}".replace("--samples", "--fit-prior-samples")) from None
+            raise SystemExit(f"rls train: error: --{e}") from None
     return TrainConfig(
         data_dir=args.data_dir or "", outdir=args.outdir, name=args.name, channels=args.channels,
         resolution=args.resolution, preset=args.preset, d_width=args.d_width,
